@@ -1,0 +1,191 @@
+/*
+ * cflash.h - the whole public C API of cflash: exact softmax attention (forward, inference).
+ *
+ * What it is: C11 declarations of tensors, parameters, statuses and entry points. What it is
+ * not: CUDA or Python types; those live in their backends. The semantic contract is SPEC.md;
+ * each function below computes exactly what it says there.
+ *
+ * Dimension letters (SPEC.md): B batch, Hq query heads, Hk key/value heads, Lq / Lk query / key
+ * length of one sequence, Tq / Tk total packed query / key tokens, D query/key head dim, Dv
+ * value head dim.
+ *
+ * Conventions for every entry point:
+ * - Tensors are strided views (struct cflash_tensor). Strides count ELEMENTS, not bytes, and may
+ *   be any int64 (zero and negative included) for inputs; the head-dim axis (last axis) of q, k,
+ *   v and out must have stride 1. Outputs need positive, non-overlapping strides.
+ * - The caller owns all memory. Nothing is retained after a call returns.
+ * - Every call validates all arguments before touching any output and returns a status. On any
+ *   status other than OK nothing has been written. cflash_last_error() then gives a message
+ *   naming the argument and the rule it broke; the message is per thread (thread-local).
+ * - The library never prints, exits or aborts.
+ */
+#ifndef CFLASH_H
+#define CFLASH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CFLASH_VERSION_MAJOR 0
+#define CFLASH_VERSION_MINOR 1
+#define CFLASH_VERSION_PATCH 0
+
+#define CFLASH_MAX_DIMS 4
+/* Head dims the CPU backend accepts: 1 <= D, Dv <= CFLASH_MAX_HEAD_DIM. */
+#define CFLASH_MAX_HEAD_DIM 1024
+
+enum cflash_status {
+    CFLASH_STATUS_OK = 0,
+    CFLASH_STATUS_INVALID_ARGUMENT = 1, /* an argument breaks a rule of SPEC.md */
+    CFLASH_STATUS_UNSUPPORTED = 2,      /* valid, but not available on this backend/device */
+    CFLASH_STATUS_OUT_OF_MEMORY = 3,    /* workspace allocation failed */
+    CFLASH_STATUS_DEVICE_ERROR = 4      /* a device or OS call failed (e.g. thread creation) */
+};
+
+enum cflash_dtype {
+    CFLASH_DTYPE_F32 = 0,
+    CFLASH_DTYPE_F16 = 1,
+    CFLASH_DTYPE_BF16 = 2,
+    CFLASH_DTYPE_I32 = 3, /* cu_seqlens, cache_seqlens, block tables */
+    CFLASH_DTYPE_U8 = 4   /* boolean masks (nonzero = keep) */
+};
+
+/* Which diagonal the causal mask and the sliding window are aligned to (SPEC.md section 3).
+ * BOTTOM_RIGHT (flash-attn's meaning of "causal"): key j is on row i's diagonal when
+ * j == i + (Lk - Lq). TOP_LEFT (torch SDPA is_causal): when j == i. ALiBi always uses the
+ * bottom-right diagonal (SPEC.md section 1.3). */
+enum cflash_align {
+    CFLASH_ALIGN_BOTTOM_RIGHT = 0,
+    CFLASH_ALIGN_TOP_LEFT = 1
+};
+
+/* Kernel choice. AUTO picks the fastest available; anything else forces that kernel, and a
+ * forced kernel that cannot serve the call returns UNSUPPORTED (never a silent fallback).
+ * The environment variable CFLASH_KERNEL (auto|ref|avx512|avx2|generic) overrides AUTO. */
+enum cflash_kernel {
+    CFLASH_KERNEL_AUTO = 0,
+    CFLASH_KERNEL_REFERENCE = 1,   /* the naive fp64 oracle (src/cpu/ref.c) */
+    CFLASH_KERNEL_CPU_AVX512 = 2,  /* tiled online softmax, AVX-512 (x86-64) */
+    CFLASH_KERNEL_CPU_AVX2 = 3,    /* tiled online softmax, AVX2 + FMA (x86-64) */
+    CFLASH_KERNEL_CPU_GENERIC = 4  /* tiled online softmax, portable C vectors (any CPU) */
+};
+
+enum cflash_device_type {
+    CFLASH_DEVICE_CPU = 0,
+    CFLASH_DEVICE_CUDA = 1
+};
+
+/* A strided view of memory. shape[i] and stride[i] are valid for i < ndim; strides count
+ * elements of `dtype`. A tensor with zero elements may have data == NULL. */
+struct cflash_tensor {
+    void *data;
+    enum cflash_dtype dtype;
+    int32_t ndim;
+    int64_t shape[CFLASH_MAX_DIMS];
+    int64_t stride[CFLASH_MAX_DIMS];
+    enum cflash_device_type device;
+    int32_t device_id;
+};
+
+/* Options of one attention call. Start from cflash_attn_params_default() (or
+ * CFLASH_ATTN_PARAMS_INIT): a zeroed struct is NOT the default (the window would be (0, 0)). */
+struct cflash_attn_params {
+    float scale;              /* multiplies q.k; 0 means the default 1/sqrt(D); must be finite */
+    float softcap;            /* > 0: s = softcap * tanh(s / softcap); 0: off; < 0 invalid */
+    int32_t causal;           /* 0 or 1 */
+    enum cflash_align align;  /* diagonal used by causal and window */
+    int64_t window_left;      /* sliding window: c - left <= j <= c + right around the */
+    int64_t window_right;     /* diagonal c; -1 = unbounded; < -1 invalid; causal caps right at 0 */
+    const struct cflash_tensor *alibi_slopes; /* NULL, or fp32 [Hq] or [B, Hq] */
+    const struct cflash_tensor *sinks;        /* NULL, or fp32 [Hq]: one sink logit per head */
+    int32_t num_threads;      /* 0: CFLASH_NUM_THREADS, else the machine's core count */
+    enum cflash_kernel kernel;
+};
+
+#define CFLASH_ATTN_PARAMS_INIT \
+    { 0.0f, 0.0f, 0, CFLASH_ALIGN_BOTTOM_RIGHT, -1, -1, NULL, NULL, 0, CFLASH_KERNEL_AUTO }
+
+struct cflash_attn_params cflash_attn_params_default(void);
+
+/*
+ * Dense attention.
+ *   q   [B, Lq, Hq, D]    fp32 | fp16 | bf16; any strides, q.stride[3] == 1 (so [B, Hq, Lq, D]
+ *                         storage is passed with permuted strides, no copy)
+ *   k   [B, Lk, Hk, D]    same dtype as q; Hq % Hk == 0 (GQA/MQA)
+ *   v   [B, Lk, Hk, Dv]   same dtype as q; or NULL for V := K (Dv = D). MLA V := K[..., :Dv] is
+ *                         a view of k: the same data and strides with shape[3] = Dv.
+ *   out [B, Lq, Hq, Dv]   dtype of q, or fp32; written completely
+ *   lse [B, Hq, Lq]       fp32 natural-log LSE, or NULL. Rows with no visible key: out 0, lse -inf.
+ * 1 <= D, Dv <= CFLASH_MAX_HEAD_DIM. B, Lq, Lk may be 0.
+ * Returns OK, INVALID_ARGUMENT, UNSUPPORTED (forced kernel unavailable), OUT_OF_MEMORY,
+ * DEVICE_ERROR.
+ */
+enum cflash_status cflash_attn_dense(const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                     const struct cflash_tensor *v, const struct cflash_tensor *out,
+                                     const struct cflash_tensor *lse,
+                                     const struct cflash_attn_params *params);
+
+/*
+ * Packed variable-length attention.
+ *   q [Tq, Hq, D], k [Tk, Hk, D], v [Tk, Hk, Dv] (or NULL: V := K), out [Tq, Hq, Dv]
+ *   cu_seqlens_q, cu_seqlens_k: int32 [B + 1], start at 0, non-decreasing, last = Tq / Tk.
+ *   max_seqlen_q, max_seqlen_k: hints; -1 = not given; a given hint smaller than a real length
+ *   is INVALID_ARGUMENT.
+ *   lse [Hq, Tq] fp32 or NULL. ALiBi slopes [Hq] or [B, Hq].
+ * Masks are aligned per sequence in local coordinates. Sequences with Lq = 0 write nothing;
+ * Lk = 0 gives empty rows (out 0, lse -inf).
+ */
+enum cflash_status cflash_attn_varlen(const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                      const struct cflash_tensor *v,
+                                      const struct cflash_tensor *cu_seqlens_q,
+                                      const struct cflash_tensor *cu_seqlens_k,
+                                      int64_t max_seqlen_q, int64_t max_seqlen_k,
+                                      const struct cflash_tensor *out,
+                                      const struct cflash_tensor *lse,
+                                      const struct cflash_attn_params *params);
+
+/*
+ * Merge two partial attention states over disjoint key sets (SPEC.md section 7).
+ *   o1, o2, out: [T, H, Dv] (rank 3) with lse1, lse2, lse_out [H, T]; or [B, L, H, Dv] (rank 4)
+ *   with lse [B, H, L]. o tensors: fp32 | fp16 | bf16 (o1, o2 one dtype; out that dtype or
+ *   fp32); lse tensors fp32. out / lse_out may alias o1 / lse1 element for element (in place).
+ *   lse_out may be NULL. -inf (+) x = x; -inf (+) -inf gives out 0, lse -inf.
+ */
+enum cflash_status cflash_merge(const struct cflash_tensor *o1, const struct cflash_tensor *lse1,
+                                const struct cflash_tensor *o2, const struct cflash_tensor *lse2,
+                                const struct cflash_tensor *out,
+                                const struct cflash_tensor *lse_out);
+
+/*
+ * Workspace the CPU backend allocates per call for these sizes (bytes, all threads together):
+ * bounded by the tile sizes, independent of Lq and Lk. Returns 0 for invalid sizes.
+ */
+size_t cflash_cpu_workspace_size(int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
+                                 int32_t num_threads);
+
+/* The message of this thread's last failed call ("" if none). Valid until the next call on
+ * this thread. */
+const char *cflash_last_error(void);
+
+/* "OK", "INVALID_ARGUMENT", ... */
+const char *cflash_status_string(enum cflash_status status);
+
+/* Name of a kernel ("ref", "avx512", ...); "unknown" for bad values. */
+const char *cflash_kernel_name(enum cflash_kernel kernel);
+
+/* Whether this machine can run the kernel (AUTO and REFERENCE: always 1). */
+int cflash_kernel_available(enum cflash_kernel kernel);
+
+/* The kernel AUTO resolves to on this machine (after CFLASH_KERNEL). */
+enum cflash_kernel cflash_kernel_auto(void);
+
+/* Thread count used when params->num_threads == 0 (CFLASH_NUM_THREADS or the core count). */
+int32_t cflash_default_num_threads(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CFLASH_H */

@@ -1,0 +1,417 @@
+/*
+ * api.c - the public entry points: validate every argument once, compile the call into a
+ * struct attn_work (plan.c), route it to a kernel. Status strings and the per-thread error
+ * message live here too. Nothing below a successful validation can fail for a reason the
+ * caller could have avoided, and nothing is written before validation succeeds.
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- messages ---- */
+
+static _Thread_local char last_error[512];
+
+enum cflash_status cflash_set_error(enum cflash_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+const char *cflash_last_error(void) { return last_error; }
+
+const char *cflash_status_string(enum cflash_status status) {
+    switch (status) {
+    case CFLASH_STATUS_OK: return "OK";
+    case CFLASH_STATUS_INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case CFLASH_STATUS_UNSUPPORTED: return "UNSUPPORTED";
+    case CFLASH_STATUS_OUT_OF_MEMORY: return "OUT_OF_MEMORY";
+    case CFLASH_STATUS_DEVICE_ERROR: return "DEVICE_ERROR";
+    }
+    return "UNKNOWN_STATUS";
+}
+
+struct cflash_attn_params cflash_attn_params_default(void) {
+    struct cflash_attn_params p = CFLASH_ATTN_PARAMS_INIT;
+    return p;
+}
+
+int32_t cflash_default_num_threads(void) {
+    const char *env = getenv("CFLASH_NUM_THREADS");
+    if (env && *env) {
+        char *end;
+        long n = strtol(env, &end, 10);
+        if (*end == '\0' && n >= 1 && n <= 4096) return (int32_t)n;
+    }
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n >= 1 ? (int32_t)(n < 4096 ? n : 4096) : 1;
+}
+
+/* ---- tensor checks; each returns OK or sets a message naming `name` ---- */
+
+#define INVALID(...) cflash_set_error(CFLASH_STATUS_INVALID_ARGUMENT, __VA_ARGS__)
+#define CHECK(expr) do { enum cflash_status st_ = (expr); if (st_) return st_; } while (0)
+
+static const char *dtype_name(enum cflash_dtype t) {
+    switch (t) {
+    case CFLASH_DTYPE_F32: return "float32";
+    case CFLASH_DTYPE_F16: return "float16";
+    case CFLASH_DTYPE_BF16: return "bfloat16";
+    case CFLASH_DTYPE_I32: return "int32";
+    case CFLASH_DTYPE_U8: return "uint8";
+    }
+    return "unknown";
+}
+
+static int is_float_dtype(enum cflash_dtype t) {
+    return t == CFLASH_DTYPE_F32 || t == CFLASH_DTYPE_F16 || t == CFLASH_DTYPE_BF16;
+}
+
+/* Rank, dtype, device, non-negative shape, and data != NULL when non-empty. */
+static enum cflash_status check_tensor(const char *name, const struct cflash_tensor *t, int ndim) {
+    if (!t) return INVALID("%s: must not be NULL", name);
+    if (t->ndim != ndim) return INVALID("%s: must have %d dimensions, got %d", name, ndim, (int)t->ndim);
+    if ((unsigned)t->dtype > CFLASH_DTYPE_U8) return INVALID("%s: unknown dtype %d", name, (int)t->dtype);
+    if (t->device != CFLASH_DEVICE_CPU) {
+        if (t->device == CFLASH_DEVICE_CUDA)
+            return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: CUDA tensors need the CUDA backend, which this build does not have", name);
+        return INVALID("%s: unknown device type %d", name, (int)t->device);
+    }
+    int64_t numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (t->shape[i] < 0) return INVALID("%s: shape[%d] = %lld is negative", name, i, (long long)t->shape[i]);
+        numel *= t->shape[i];
+    }
+    if (numel > 0 && !t->data) return INVALID("%s: data is NULL but the tensor has %lld elements", name, (long long)numel);
+    return CFLASH_STATUS_OK;
+}
+
+static enum cflash_status check_float(const char *name, const struct cflash_tensor *t) {
+    if (!is_float_dtype(t->dtype))
+        return INVALID("%s: dtype must be float32, float16 or bfloat16, got %s", name, dtype_name(t->dtype));
+    return CFLASH_STATUS_OK;
+}
+
+static enum cflash_status check_dtype(const char *name, const struct cflash_tensor *t, enum cflash_dtype want) {
+    if (t->dtype != want)
+        return INVALID("%s: dtype must be %s, got %s", name, dtype_name(want), dtype_name(t->dtype));
+    return CFLASH_STATUS_OK;
+}
+
+static enum cflash_status check_dim(const char *name, const struct cflash_tensor *t, int axis,
+                                    int64_t want, const char *what) {
+    if (t->shape[axis] != want)
+        return INVALID("%s: shape[%d] must be %s = %lld, got %lld", name, axis, what, (long long)want, (long long)t->shape[axis]);
+    return CFLASH_STATUS_OK;
+}
+
+static enum cflash_status check_unit_last(const char *name, const struct cflash_tensor *t) {
+    const int a = t->ndim - 1;
+    if (t->shape[a] > 1 && t->stride[a] != 1)
+        return INVALID("%s: the head-dim axis (last) must have stride 1, got %lld", name, (long long)t->stride[a]);
+    return CFLASH_STATUS_OK;
+}
+
+/* Outputs: every axis of size > 1 has a positive stride, and no two elements share memory
+ * (sorted by stride, each axis steps past the whole extent of the smaller ones). */
+static enum cflash_status check_output_layout(const char *name, const struct cflash_tensor *t) {
+    int order[CFLASH_MAX_DIMS], n = 0;
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->shape[i] == 0) return CFLASH_STATUS_OK; /* empty: nothing is written */
+        if (t->shape[i] == 1) continue;
+        if (t->stride[i] <= 0)
+            return INVALID("%s: output strides must be positive, stride[%d] = %lld", name, i, (long long)t->stride[i]);
+        order[n++] = i;
+    }
+    for (int a = 1; a < n; a++)
+        for (int b = a; b > 0 && t->stride[order[b]] < t->stride[order[b - 1]]; b--) {
+            int x = order[b]; order[b] = order[b - 1]; order[b - 1] = x;
+        }
+    int64_t extent = 1; /* elements spanned by the axes so far */
+    for (int a = 0; a < n; a++) {
+        const int i = order[a];
+        if (t->stride[i] < extent)
+            return INVALID("%s: output elements overlap (stride[%d] = %lld is smaller than the extent %lld of the inner axes)", name, i, (long long)t->stride[i], (long long)extent);
+        extent = t->stride[i] * (t->shape[i] - 1) + extent;
+    }
+    return CFLASH_STATUS_OK;
+}
+
+/* ---- parameters ---- */
+
+static enum cflash_status check_params(const struct cflash_attn_params *p, int64_t B, int64_t Hq) {
+    if (!isfinite(p->scale)) return INVALID("scale: must be finite (0 selects 1/sqrt(D))");
+    if (!isfinite(p->softcap) || p->softcap < 0.0f) return INVALID("softcap: must be finite and >= 0 (0 = off), got %g", (double)p->softcap);
+    if (p->causal != 0 && p->causal != 1) return INVALID("causal: must be 0 or 1, got %d", (int)p->causal);
+    if (p->align != CFLASH_ALIGN_BOTTOM_RIGHT && p->align != CFLASH_ALIGN_TOP_LEFT)
+        return INVALID("align: must be CFLASH_ALIGN_BOTTOM_RIGHT or CFLASH_ALIGN_TOP_LEFT, got %d", (int)p->align);
+    if (p->window_left < -1) return INVALID("window_left: must be >= -1 (-1 = unbounded), got %lld", (long long)p->window_left);
+    if (p->window_right < -1) return INVALID("window_right: must be >= -1 (-1 = unbounded), got %lld", (long long)p->window_right);
+    if (p->num_threads < 0) return INVALID("num_threads: must be >= 0 (0 = default), got %d", (int)p->num_threads);
+    if ((unsigned)p->kernel > CFLASH_KERNEL_CPU_GENERIC) return INVALID("kernel: unknown kernel %d", (int)p->kernel);
+    if (p->alibi_slopes) {
+        const struct cflash_tensor *a = p->alibi_slopes;
+        if (!a || a->ndim < 1 || a->ndim > 2) return INVALID("alibi_slopes: must have shape [Hq] or [B, Hq]");
+        CHECK(check_tensor("alibi_slopes", a, a->ndim));
+        CHECK(check_dtype("alibi_slopes", a, CFLASH_DTYPE_F32));
+        CHECK(check_dim("alibi_slopes", a, a->ndim - 1, Hq, "Hq"));
+        if (a->ndim == 2) CHECK(check_dim("alibi_slopes", a, 0, B, "B"));
+    }
+    if (p->sinks) {
+        CHECK(check_tensor("sinks", p->sinks, 1));
+        CHECK(check_dtype("sinks", p->sinks, CFLASH_DTYPE_F32));
+        CHECK(check_dim("sinks", p->sinks, 0, Hq, "Hq"));
+    }
+    if (p->kernel != CFLASH_KERNEL_AUTO && !cflash_kernel_available(p->kernel))
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: '%s' is not available on this CPU", cflash_kernel_name(p->kernel));
+    return CFLASH_STATUS_OK;
+}
+
+/* q, k, v, out: shared rules of dense (rank 4, seq axis 1) and packed (rank 3, seq axis 0).
+ * Fills Hq, Hk, D, Dv. */
+static enum cflash_status check_qkvo(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                     const struct cflash_tensor *v, const struct cflash_tensor *out,
+                                     int64_t *Hq, int64_t *Hk, int64_t *D, int64_t *Dv) {
+    const int ha = rank - 2, da = rank - 1, la = rank - 3; /* heads, head dim, keys axis */
+    CHECK(check_tensor("q", q, rank));
+    CHECK(check_float("q", q));
+    CHECK(check_unit_last("q", q));
+    CHECK(check_tensor("k", k, rank));
+    if (k->dtype != q->dtype) return INVALID("k: dtype must equal q's (%s), got %s", dtype_name(q->dtype), dtype_name(k->dtype));
+    CHECK(check_unit_last("k", k));
+    *Hq = q->shape[ha];
+    *Hk = k->shape[ha];
+    *D = q->shape[da];
+    if (*Hq < 1) return INVALID("q: number of heads must be >= 1");
+    if (*Hk < 1) return INVALID("k: number of heads must be >= 1");
+    if (*Hq % *Hk) return INVALID("k: Hq (%lld) must be a multiple of Hk (%lld)", (long long)*Hq, (long long)*Hk);
+    if (*D < 1 || *D > CFLASH_MAX_HEAD_DIM) return INVALID("q: head dim D must be in [1, %d], got %lld", CFLASH_MAX_HEAD_DIM, (long long)*D);
+    CHECK(check_dim("k", k, da, *D, "D"));
+    if (rank == 4) CHECK(check_dim("k", k, 0, q->shape[0], "B"));
+    if (v) {
+        CHECK(check_tensor("v", v, rank));
+        if (v->dtype != q->dtype) return INVALID("v: dtype must equal q's (%s), got %s", dtype_name(q->dtype), dtype_name(v->dtype));
+        CHECK(check_unit_last("v", v));
+        if (rank == 4) CHECK(check_dim("v", v, 0, q->shape[0], "B"));
+        CHECK(check_dim("v", v, la, k->shape[la], "Lk"));
+        CHECK(check_dim("v", v, ha, *Hk, "Hk"));
+        *Dv = v->shape[da];
+        if (*Dv < 1 || *Dv > CFLASH_MAX_HEAD_DIM) return INVALID("v: head dim Dv must be in [1, %d], got %lld", CFLASH_MAX_HEAD_DIM, (long long)*Dv);
+    } else {
+        *Dv = *D;
+    }
+    CHECK(check_tensor("out", out, rank));
+    if (out->dtype != q->dtype && out->dtype != CFLASH_DTYPE_F32)
+        return INVALID("out: dtype must be q's (%s) or float32, got %s", dtype_name(q->dtype), dtype_name(out->dtype));
+    for (int a = 0; a < rank - 1; a++)
+        if (out->shape[a] != q->shape[a])
+            return INVALID("out: shape[%d] must equal q's (%lld), got %lld", a, (long long)q->shape[a], (long long)out->shape[a]);
+    CHECK(check_dim("out", out, da, *Dv, "Dv"));
+    CHECK(check_unit_last("out", out));
+    CHECK(check_output_layout("out", out));
+    return CFLASH_STATUS_OK;
+}
+
+static void operand(struct attn_operand *o, const struct cflash_tensor *t, int rank) {
+    o->data = t->data;
+    o->dtype = t->dtype;
+    if (rank == 4) {
+        o->sb = t->stride[0]; o->st = t->stride[1]; o->sh = t->stride[2];
+    } else {
+        o->sb = 0; o->st = t->stride[0]; o->sh = t->stride[1];
+    }
+}
+
+/* Fill the parts of the work shared by dense and packed, then plan and run. */
+static enum cflash_status run_attention(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                        const struct cflash_tensor *v, const struct cflash_tensor *out,
+                                        const struct cflash_tensor *lse, const struct cflash_attn_params *p,
+                                        int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
+                                        const int64_t *qs, const int64_t *lq, const int64_t *ks, const int64_t *lk) {
+    enum cflash_kernel kernel = p->kernel == CFLASH_KERNEL_AUTO ? cflash_kernel_auto() : p->kernel;
+    if (!cflash_kernel_available(kernel))
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: '%s' (from CFLASH_KERNEL) is not available on this CPU", cflash_kernel_name(kernel));
+
+    struct attn_work w;
+    memset(&w, 0, sizeof w);
+    w.B = B; w.Hq = Hq; w.Hk = Hk; w.D = D; w.Dv = Dv;
+    operand(&w.q, q, rank);
+    operand(&w.k, k, rank);
+    operand(&w.v, v ? v : k, rank);
+    operand(&w.out, out, rank);
+    if (lse) {
+        w.lse_data = lse->data;
+        if (rank == 4) { w.lse_sb = lse->stride[0]; w.lse_sh = lse->stride[1]; w.lse_st = lse->stride[2]; }
+        else { w.lse_sb = 0; w.lse_sh = lse->stride[0]; w.lse_st = lse->stride[1]; }
+    }
+    w.scale = p->scale != 0.0f ? p->scale : (float)(1.0 / sqrt((double)D));
+    w.softcap = p->softcap;
+    if (p->alibi_slopes) {
+        const struct cflash_tensor *a = p->alibi_slopes;
+        w.alibi = a->data;
+        w.alibi_sh = a->stride[a->ndim - 1];
+        w.alibi_sb = a->ndim == 2 ? a->stride[0] : 0;
+    }
+    if (p->sinks) {
+        w.sinks = p->sinks->data;
+        w.sinks_sh = p->sinks->stride[0];
+    }
+    w.num_threads = p->num_threads > 0 ? p->num_threads : cflash_default_num_threads();
+
+    struct attn_plan plan;
+    CHECK(plan_sequences(&plan, B, qs, lq, ks, lk, p));
+    w.num_segments = plan.num_segments;
+    w.segments = plan.segments;
+    w.slices = plan.slices;
+    enum cflash_status st = CFLASH_STATUS_OK;
+    if (w.num_segments > 0)
+        st = kernel == CFLASH_KERNEL_REFERENCE ? cpu_ref_attention(&w) : cpu_tiled_attention(&w, kernel);
+    plan_free(&plan);
+    return st;
+}
+
+enum cflash_status cflash_attn_dense(const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                     const struct cflash_tensor *v, const struct cflash_tensor *out,
+                                     const struct cflash_tensor *lse,
+                                     const struct cflash_attn_params *params) {
+    const struct cflash_attn_params defaults = CFLASH_ATTN_PARAMS_INIT;
+    const struct cflash_attn_params *p = params ? params : &defaults;
+    int64_t Hq, Hk, D, Dv;
+    CHECK(check_qkvo(4, q, k, v, out, &Hq, &Hk, &D, &Dv));
+    const int64_t B = q->shape[0], Lq = q->shape[1], Lk = k->shape[1];
+    if (lse) {
+        CHECK(check_tensor("lse", lse, 3));
+        CHECK(check_dtype("lse", lse, CFLASH_DTYPE_F32));
+        CHECK(check_dim("lse", lse, 0, B, "B"));
+        CHECK(check_dim("lse", lse, 1, Hq, "Hq"));
+        CHECK(check_dim("lse", lse, 2, Lq, "Lq"));
+        CHECK(check_output_layout("lse", lse));
+    }
+    CHECK(check_params(p, B, Hq));
+    if (B == 0 || Lq == 0) return CFLASH_STATUS_OK;
+
+    int64_t *idx = malloc(sizeof(int64_t) * 4 * (size_t)B);
+    if (!idx) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "plan: out of memory");
+    int64_t *qs = idx, *lq = idx + B, *ks = idx + 2 * B, *lk = idx + 3 * B;
+    for (int64_t b = 0; b < B; b++) { qs[b] = 0; lq[b] = Lq; ks[b] = 0; lk[b] = Lk; }
+    enum cflash_status st = run_attention(4, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, qs, lq, ks, lk);
+    free(idx);
+    return st;
+}
+
+/* cu_seqlens: int32 [B + 1], 0 first, non-decreasing, last == total; max length <= hint. */
+static enum cflash_status check_cu_seqlens(const char *name, const char *hint_name,
+                                           const struct cflash_tensor *cu, int64_t B, int64_t total,
+                                           int64_t hint) {
+    CHECK(check_tensor(name, cu, 1));
+    CHECK(check_dtype(name, cu, CFLASH_DTYPE_I32));
+    if (cu->shape[0] < 1) return INVALID("%s: must have B + 1 >= 1 entries", name);
+    if (B >= 0 && cu->shape[0] != B + 1)
+        return INVALID("%s: must have B + 1 = %lld entries (as cu_seqlens_q), got %lld", name, (long long)(B + 1), (long long)cu->shape[0]);
+    const int32_t *c = cu->data;
+    const int64_t s = cu->stride[0], n = cu->shape[0];
+    if (c[0] != 0) return INVALID("%s: must start at 0, got %d", name, (int)c[0]);
+    int64_t maxlen = 0;
+    for (int64_t b = 1; b < n; b++) {
+        const int64_t len = (int64_t)c[b * s] - c[(b - 1) * s];
+        if (len < 0) return INVALID("%s: must be non-decreasing, entry %lld (%d) < entry %lld (%d)", name, (long long)b, (int)c[b * s], (long long)(b - 1), (int)c[(b - 1) * s]);
+        if (len > maxlen) maxlen = len;
+    }
+    if (c[(n - 1) * s] != total)
+        return INVALID("%s: last entry must equal the total token count %lld, got %d", name, (long long)total, (int)c[(n - 1) * s]);
+    if (hint >= 0 && hint < maxlen)
+        return INVALID("%s: hint %lld is smaller than the longest sequence (%lld)", hint_name, (long long)hint, (long long)maxlen);
+    if (hint < -1) return INVALID("%s: must be >= 0, or -1 for not given, got %lld", hint_name, (long long)hint);
+    return CFLASH_STATUS_OK;
+}
+
+enum cflash_status cflash_attn_varlen(const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                      const struct cflash_tensor *v,
+                                      const struct cflash_tensor *cu_seqlens_q,
+                                      const struct cflash_tensor *cu_seqlens_k,
+                                      int64_t max_seqlen_q, int64_t max_seqlen_k,
+                                      const struct cflash_tensor *out,
+                                      const struct cflash_tensor *lse,
+                                      const struct cflash_attn_params *params) {
+    const struct cflash_attn_params defaults = CFLASH_ATTN_PARAMS_INIT;
+    const struct cflash_attn_params *p = params ? params : &defaults;
+    int64_t Hq, Hk, D, Dv;
+    CHECK(check_qkvo(3, q, k, v, out, &Hq, &Hk, &D, &Dv));
+    const int64_t Tq = q->shape[0], Tk = k->shape[0];
+    CHECK(check_cu_seqlens("cu_seqlens_q", "max_seqlen_q", cu_seqlens_q, -1, Tq, max_seqlen_q));
+    const int64_t B = cu_seqlens_q->shape[0] - 1;
+    CHECK(check_cu_seqlens("cu_seqlens_k", "max_seqlen_k", cu_seqlens_k, B, Tk, max_seqlen_k));
+    if (lse) {
+        CHECK(check_tensor("lse", lse, 2));
+        CHECK(check_dtype("lse", lse, CFLASH_DTYPE_F32));
+        CHECK(check_dim("lse", lse, 0, Hq, "Hq"));
+        CHECK(check_dim("lse", lse, 1, Tq, "Tq"));
+        CHECK(check_output_layout("lse", lse));
+    }
+    CHECK(check_params(p, B, Hq));
+    if (B == 0 || Tq == 0) return CFLASH_STATUS_OK;
+
+    int64_t *idx = malloc(sizeof(int64_t) * 4 * (size_t)B);
+    if (!idx) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "plan: out of memory");
+    int64_t *qs = idx, *lq = idx + B, *ks = idx + 2 * B, *lk = idx + 3 * B;
+    const int32_t *cq = cu_seqlens_q->data, *ck = cu_seqlens_k->data;
+    const int64_t sq = cu_seqlens_q->stride[0], sk = cu_seqlens_k->stride[0];
+    for (int64_t b = 0; b < B; b++) {
+        qs[b] = cq[b * sq]; lq[b] = cq[(b + 1) * sq] - qs[b];
+        ks[b] = ck[b * sk]; lk[b] = ck[(b + 1) * sk] - ks[b];
+    }
+    enum cflash_status st = run_attention(3, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, qs, lq, ks, lk);
+    free(idx);
+    return st;
+}
+
+/* ---- merge ---- */
+
+enum cflash_status cpu_merge(const struct cflash_tensor *o1, const struct cflash_tensor *lse1,
+                             const struct cflash_tensor *o2, const struct cflash_tensor *lse2,
+                             const struct cflash_tensor *out, const struct cflash_tensor *lse_out);
+
+enum cflash_status cflash_merge(const struct cflash_tensor *o1, const struct cflash_tensor *lse1,
+                                const struct cflash_tensor *o2, const struct cflash_tensor *lse2,
+                                const struct cflash_tensor *out,
+                                const struct cflash_tensor *lse_out) {
+    if (!o1) return INVALID("o1: must not be NULL");
+    const int rank = o1->ndim;
+    if (rank != 3 && rank != 4) return INVALID("o1: must have 3 ([T, H, Dv]) or 4 ([B, L, H, Dv]) dimensions, got %d", (int)o1->ndim);
+    CHECK(check_tensor("o1", o1, rank));
+    CHECK(check_float("o1", o1));
+    CHECK(check_tensor("o2", o2, rank));
+    if (o2->dtype != o1->dtype) return INVALID("o2: dtype must equal o1's (%s), got %s", dtype_name(o1->dtype), dtype_name(o2->dtype));
+    CHECK(check_tensor("out", out, rank));
+    if (out->dtype != o1->dtype && out->dtype != CFLASH_DTYPE_F32)
+        return INVALID("out: dtype must be o1's (%s) or float32, got %s", dtype_name(o1->dtype), dtype_name(out->dtype));
+    for (int a = 0; a < rank; a++) {
+        if (o2->shape[a] != o1->shape[a]) return INVALID("o2: shape[%d] must equal o1's (%lld), got %lld", a, (long long)o1->shape[a], (long long)o2->shape[a]);
+        if (out->shape[a] != o1->shape[a]) return INVALID("out: shape[%d] must equal o1's (%lld), got %lld", a, (long long)o1->shape[a], (long long)out->shape[a]);
+    }
+    CHECK(check_output_layout("out", out));
+    /* lse: [H, T] for rank 3, [B, H, L] for rank 4 */
+    int64_t want[3];
+    const int lrank = rank - 1;
+    if (rank == 3) { want[0] = o1->shape[1]; want[1] = o1->shape[0]; }
+    else { want[0] = o1->shape[0]; want[1] = o1->shape[2]; want[2] = o1->shape[1]; }
+    const struct cflash_tensor *ls[3] = {lse1, lse2, lse_out};
+    const char *ln[3] = {"lse1", "lse2", "lse_out"};
+    for (int i = 0; i < 3; i++) {
+        if (i == 2 && !lse_out) break;
+        CHECK(check_tensor(ln[i], ls[i], lrank));
+        CHECK(check_dtype(ln[i], ls[i], CFLASH_DTYPE_F32));
+        for (int a = 0; a < lrank; a++)
+            if (ls[i]->shape[a] != want[a])
+                return INVALID("%s: shape[%d] must be %lld (lse layout %s), got %lld", ln[i], a, (long long)want[a], rank == 3 ? "[H, T]" : "[B, H, L]", (long long)ls[i]->shape[a]);
+    }
+    if (lse_out) CHECK(check_output_layout("lse_out", lse_out));
+    return cpu_merge(o1, lse1, o2, lse2, out, lse_out);
+}

@@ -1,0 +1,110 @@
+/*
+ * internal.h - the one internal work description every backend executes.
+ *
+ * api.c validates the public arguments once and plan.c compiles them into a struct attn_work:
+ * pointers and element strides of q, k, v, out and lse, the score rules shared by all rows
+ * (scale, softcap, ALiBi, sinks), and a list of segments, each with a list of slices. Kernels
+ * trust this description completely; nothing here is validated again.
+ *
+ * Coordinates: every row and column index below is a token index along the (packed) q or k
+ * axis of one batch entry `b`; for dense inputs b selects the batch via the batch stride, for
+ * packed inputs b is the sequence and the batch stride is 0. A slice is a rectangle
+ * [q0, q1) x [k0, k1) cut by a diagonal band dlo <= col - row <= dhi; a row's visible keys are
+ * the union of the slices of its segment that contain it, computed in one softmax. This is
+ * how dense, varlen, range plans, document masks and caches all reach the same kernels.
+ */
+#ifndef CFLASH_INTERNAL_H
+#define CFLASH_INTERNAL_H
+
+#include "cflash.h"
+
+#include <stdint.h>
+
+/* A band bound that never clips, and never overflows when a row or column is added to it. */
+#define BAND_UNBOUNDED ((int64_t)1 << 60)
+
+struct attn_slice {
+    int64_t q0, q1;     /* query rows [q0, q1) */
+    int64_t k0, k1;     /* key rows [k0, k1) */
+    int64_t dlo, dhi;   /* visible iff dlo <= col - row <= dhi */
+    int64_t alibi_diag; /* ALiBi distance is |col - row - alibi_diag| */
+};
+
+struct attn_segment {
+    int64_t b;          /* batch index: pointer offset b * stride_b, ALiBi [B, Hq] row */
+    int64_t q0, q1;     /* the rows this segment owns (every row is written exactly once) */
+    int64_t s0, s1;     /* its slices: work->slices[s0 .. s1) */
+};
+
+/* One strided operand. Element strides; `sb` is the batch stride (0 for packed inputs). */
+struct attn_operand {
+    char *data;
+    enum cflash_dtype dtype;
+    int64_t sb, st, sh; /* batch, token, head strides (elements); head-dim stride is 1 */
+};
+
+struct attn_work {
+    int64_t B, Hq, Hk, D, Dv;
+    struct attn_operand q, k, v, out;
+    /* lse: element (b, h, t) at lse_data[b * lse_sb + h * lse_sh + t * lse_st]; NULL if none */
+    float *lse_data;
+    int64_t lse_sb, lse_sh, lse_st;
+
+    float scale;   /* resolved (default already applied) */
+    float softcap; /* 0 = off */
+    const float *alibi; /* NULL or slope (b, h) at alibi[b * alibi_sb + h * alibi_sh] */
+    int64_t alibi_sb, alibi_sh;
+    const float *sinks; /* NULL or sink logit of head h at sinks[h * sinks_sh] */
+    int64_t sinks_sh;
+
+    int64_t num_segments;
+    const struct attn_segment *segments;
+    const struct attn_slice *slices;
+
+    int32_t num_threads; /* resolved, >= 1 */
+};
+
+/* ---- status messages (api.c) ---- */
+enum cflash_status cflash_set_error(enum cflash_status st, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* ---- plan.c: per-sequence masks -> segments and slices ---- */
+struct attn_plan {
+    struct attn_segment *segments;
+    struct attn_slice *slices;
+    int64_t num_segments, num_slices;
+};
+/* One segment and one slice per sequence. Sequence b has rows [qs[b], qs[b] + lq[b]) and keys
+ * [ks[b], ks[b] + lk[b]). Returns OUT_OF_MEMORY or OK. */
+enum cflash_status plan_sequences(struct attn_plan *plan, int64_t B, const int64_t *qs,
+                                  const int64_t *lq, const int64_t *ks, const int64_t *lk,
+                                  const struct cflash_attn_params *p);
+void plan_free(struct attn_plan *plan);
+
+/* ---- threads.c: run fn(ctx, item, thread) for item in [0, n) on num_threads threads ---- */
+typedef void (*parallel_fn)(void *ctx, int64_t item, int32_t thread);
+enum cflash_status cpu_parallel_for(int32_t num_threads, int64_t n, parallel_fn fn, void *ctx);
+
+/* ---- cpu backend ---- */
+enum cflash_status cpu_ref_attention(const struct attn_work *w);
+enum cflash_status cpu_tiled_attention(const struct attn_work *w, enum cflash_kernel kernel);
+size_t cpu_tiled_workspace_per_thread(int64_t Hq, int64_t Hk, int64_t D, int64_t Dv);
+
+/* Per-ISA entry points of src/cpu/fwd_tiled.c (compiled once per instruction set). A kernel
+ * processes one work item: segment, kv head, query tile; `ws` is its thread's workspace. */
+struct tiled_geometry {
+    int64_t rows_per_tile; /* query positions per tile (each carries G = Hq/Hk heads) */
+    int64_t max_rows;      /* rows_per_tile * G rounded up to the row block */
+};
+void tiled_geometry(struct tiled_geometry *g, int64_t Hq, int64_t Hk);
+#define DECLARE_TILED(isa) \
+    void cpu_tiled_item_##isa(const struct attn_work *w, const struct tiled_geometry *g, \
+                              int64_t seg, int64_t kvh, int64_t tile, void *ws);
+DECLARE_TILED(generic)
+DECLARE_TILED(avx2)
+DECLARE_TILED(avx512)
+
+#endif /* CFLASH_INTERNAL_H */
