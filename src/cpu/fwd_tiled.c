@@ -36,17 +36,17 @@
 #define BC 64
 /* Rows per register block of both micro-kernels; tiles are padded to a multiple of it. */
 #define RB 4
-/* Vectors per register block: QK covers NVQ*VL key columns, PV NVO*VL output columns.
- * AVX-512: 4 x 4 zmm accumulators = 16 of 32 registers; AVX2/generic: 4 x 2 of 16. */
+/* Output vectors per register block of PV (RB x NVO accumulators): AVX-512 4 x 4 zmm = 16 of
+ * 32 registers; AVX2 / generic 4 x 2 of 16. QK blocks are chosen in qk_tile the same way. */
 #if VL == 16
-#define NVQ 4
 #define NVO 4
+#define QK_CB2 6 /* keys per QK block with 2 row vectors: 12 accumulators */
 #else
-#define NVQ 2
 #define NVO 2
+#define QK_CB2 4 /* 8 accumulators + 2 row vectors of 16 registers */
 #endif
 /* Target rows of a query tile: 64 rows x D=128 fp32 is 32 KB per operand, L2-resident. */
-#define TILE_ROWS 64
+#define TILE_ROWS 128
 
 typedef float vf __attribute__((vector_size(VL * 4), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(VL * 4), aligned(4)));
@@ -100,64 +100,93 @@ static inline vf vtanh(vf x) {
     return (vf)((vi)t | ((vi)x & (int32_t)0x80000000));
 }
 
-/* Workspace layout of one thread, in floats (each region a multiple of VL). */
+/* Workspace layout of one thread, in floats. Scores are kept transposed (S^T[c][r]): a key's
+ * scores for VL consecutive rows form one vector, so the softmax row statistics are vertical
+ * vector operations and K, V are read in their natural [key][dim] layout (straight from the
+ * caller's memory for fp32, through a small converted buffer for fp16/bf16). */
 struct tile_ws {
-    float *q;   /* [max_rows][D]      query rows, pre-scaled */
-    float *kt;  /* [D][BC]            key tile, transposed */
-    float *v;   /* [BC][Dvp]          value tile */
-    float *s;   /* [max_rows][BC]     scores, then probabilities */
-    float *o;   /* [max_rows][Dvp]    unnormalized output */
-    float *m, *l, *alpha; /* [max_rows] running max (base 2), sum, rescale of this tile */
-    float *slope;         /* [max_rows] ALiBi slope * log2(e) of the row's head */
+    float *qt;    /* [D][max_rows]    query rows transposed, pre-scaled */
+    float *kb;    /* [BC][D]          converted key tile (fp16/bf16 only) */
+    float *vb;    /* [BC][Dvp]        converted or padded value tile */
+    float *st;    /* [BC][max_rows]   scores, then probabilities, transposed */
+    float *o;     /* [max_rows][Dvp]  unnormalized output */
+    float *m, *l, *alpha;  /* [max_rows] running max (base 2), sum, this tile's rescale */
+    float *slope, *adiag;  /* [max_rows] ALiBi slope * log2(e); row's ALiBi diagonal (tile-local) */
+    int32_t *lo, *hi;      /* [max_rows] visible key columns [lo, hi) of the current tile */
 };
 
 static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-static void ws_carve(struct tile_ws *t, void *base, int64_t max_rows, int64_t D, int64_t Dvp) {
+static void ws_carve(struct tile_ws *t, void *base, int64_t R, int64_t D, int64_t Dvp) {
     float *p = (float *)base;
-    t->q = p;     p += round_up(max_rows * D, 16);
-    t->kt = p;    p += round_up(D * BC, 16);
-    t->v = p;     p += BC * Dvp;
-    t->s = p;     p += max_rows * BC;
-    t->o = p;     p += max_rows * Dvp;
-    t->m = p;     p += round_up(max_rows, 16);
-    t->l = p;     p += round_up(max_rows, 16);
-    t->alpha = p; p += round_up(max_rows, 16);
-    t->slope = p;
+    t->qt = p;    p += round_up(D * R, 16);
+    t->kb = p;    p += round_up(BC * D, 16);
+    t->vb = p;    p += BC * Dvp;
+    t->st = p;    p += BC * R;
+    t->o = p;     p += R * Dvp;
+    t->m = p;     p += R;
+    t->l = p;     p += R;
+    t->alpha = p; p += R;
+    t->slope = p; p += R;
+    t->adiag = p; p += R;
+    t->lo = (int32_t *)(void *)p; p += R;
+    t->hi = (int32_t *)(void *)p;
 }
 
-/* S[r][c0..c0+NVQ*VL) = sum_d Q[r][d] Kt[d][c0..], for RB rows. */
-static inline void qk_block(const float *restrict q, int64_t D, const float *restrict kt,
-                            float *restrict s) {
-    for (int c0 = 0; c0 < BC; c0 += NVQ * VL) {
-        vf acc[RB][NVQ];
-        for (int r = 0; r < RB; r++)
-            for (int n = 0; n < NVQ; n++) acc[r][n] = vset1(0.0f);
-        for (int64_t d = 0; d < D; d++) {
-            vf kv[NVQ];
-            for (int n = 0; n < NVQ; n++) kv[n] = vload(kt + d * BC + c0 + n * VL);
-            for (int r = 0; r < RB; r++) {
-                vf qb = vset1(q[r * D + d]);
-                for (int n = 0; n < NVQ; n++) acc[r][n] += qb * kv[n];
-            }
+/* S^T[c + j][r0 + n VL ...] = sum_d K[c + j][d] Q^T[d][r0 + n VL ...] for CB keys, NV row
+ * vectors: CB x NV accumulators, per d NV vector loads and CB broadcasts. */
+static inline __attribute__((always_inline)) void qk_block(
+    const float *const *restrict kp, int64_t D, const float *restrict qt, int64_t R, int64_t r0,
+    float *restrict st, const int CB, const int NV) {
+    vf acc[8][4];
+    for (int j = 0; j < CB; j++)
+        for (int n = 0; n < NV; n++) acc[j][n] = vset1(0.0f);
+    for (int64_t d = 0; d < D; d++) {
+        vf qv[4];
+        for (int n = 0; n < NV; n++) qv[n] = vload(qt + d * R + r0 + n * VL);
+        for (int j = 0; j < CB; j++) {
+            vf kb = vset1(kp[j][d]);
+            for (int n = 0; n < NV; n++) acc[j][n] += kb * qv[n];
         }
-        for (int r = 0; r < RB; r++)
-            for (int n = 0; n < NVQ; n++) vstore(s + r * BC + c0 + n * VL, acc[r][n]);
+    }
+    for (int j = 0; j < CB; j++)
+        for (int n = 0; n < NV; n++) vstore(st + j * R + r0 + n * VL, acc[j][n]);
+}
+
+static void qk_tile(const float *const *kp, int ncols, int64_t D, const float *qt, int64_t R,
+                    int64_t arows, float *st) {
+    int64_t r0 = 0;
+#if VL == 16
+    for (; r0 + 4 * VL <= arows; r0 += 4 * VL) {
+        int c = 0;
+        for (; c + 4 <= ncols; c += 4) qk_block(kp + c, D, qt, R, r0, st + c * R, 4, 4);
+        for (; c < ncols; c++) qk_block(kp + c, D, qt, R, r0, st + c * R, 1, 4);
+    }
+#endif
+    for (; r0 + 2 * VL <= arows; r0 += 2 * VL) {
+        int c = 0;
+        for (; c + QK_CB2 <= ncols; c += QK_CB2) qk_block(kp + c, D, qt, R, r0, st + c * R, QK_CB2, 2);
+        for (; c < ncols; c++) qk_block(kp + c, D, qt, R, r0, st + c * R, 1, 2);
+    }
+    for (; r0 < arows; r0 += VL) {
+        int c = 0;
+        for (; c + 8 <= ncols; c += 8) qk_block(kp + c, D, qt, R, r0, st + c * R, 8, 1);
+        for (; c < ncols; c++) qk_block(kp + c, D, qt, R, r0, st + c * R, 1, 1);
     }
 }
 
-/* O[r][d0..d0+NV*VL) = O[r][..] * alpha[r] + sum_c P[r][c] V[c][..], for RB rows. */
+/* O[r][d0 ...] = O[r][d0 ...] alpha[r] + sum_c P^T[c][r] V[c][d0 ...], for RB rows, NV vectors. */
 static inline __attribute__((always_inline)) void pv_block(
-    const float *restrict p, const float *restrict v, int64_t Dvp, int64_t d0, int ncols,
-    const float *restrict alpha, float *restrict o, const int NV) {
+    const float *restrict pt, int64_t R, const float *const *restrict vp, int64_t d0, int ncols,
+    const float *restrict alpha, float *restrict o, int64_t Dvp, const int NV) {
     vf acc[RB][NVO];
     for (int r = 0; r < RB; r++)
         for (int n = 0; n < NV; n++) acc[r][n] = vload(o + r * Dvp + d0 + n * VL) * alpha[r];
     for (int c = 0; c < ncols; c++) {
         vf vv[NVO];
-        for (int n = 0; n < NV; n++) vv[n] = vload(v + c * Dvp + d0 + n * VL);
+        for (int n = 0; n < NV; n++) vv[n] = vload(vp[c] + d0 + n * VL);
         for (int r = 0; r < RB; r++) {
-            vf pb = vset1(p[r * BC + c]);
+            vf pb = vset1(pt[c * R + r]);
             for (int n = 0; n < NV; n++) acc[r][n] += pb * vv[n];
         }
     }
@@ -165,147 +194,156 @@ static inline __attribute__((always_inline)) void pv_block(
         for (int n = 0; n < NV; n++) vstore(o + r * Dvp + d0 + n * VL, acc[r][n]);
 }
 
-static void pv_rows(const float *p, const float *v, int64_t Dvp, int ncols, const float *alpha,
-                    float *o) {
-    int64_t d0 = 0;
-    for (; d0 + NVO * VL <= Dvp; d0 += NVO * VL) pv_block(p, v, Dvp, d0, ncols, alpha, o, NVO);
-    for (; d0 < Dvp; d0 += VL) pv_block(p, v, Dvp, d0, ncols, alpha, o, 1);
+static void pv_tile(const float *pt, int64_t R, int64_t prows, const float *const *vp,
+                    int ncols, const float *alpha, float *o, int64_t Dvp) {
+    for (int64_t r = 0; r < prows; r += RB) {
+        int64_t d0 = 0;
+        for (; d0 + NVO * VL <= Dvp; d0 += NVO * VL)
+            pv_block(pt + r, R, vp, d0, ncols, alpha + r, o + r * Dvp, Dvp, NVO);
+        for (; d0 < Dvp; d0 += VL) pv_block(pt + r, R, vp, d0, ncols, alpha + r, o + r * Dvp, Dvp, 1);
+    }
+}
+
+/* n elements of a 16/32-bit float row -> fp32. */
+static inline void convert_row(float *restrict dst, const char *src, enum cflash_dtype t, int64_t n) {
+#if defined(__FLT16_MAX__) && defined(__F16C__)
+    if (t == CFLASH_DTYPE_F16) { /* exact, and vectorized through F16C */
+        const _Float16 *s = (const _Float16 *)(const void *)src;
+        for (int64_t i = 0; i < n; i++) dst[i] = (float)s[i];
+        return;
+    }
+#endif
+    load_row_f32(dst, src, t, n, 1.0f);
 }
 
 void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry *g, int64_t seg,
                          int64_t kvh, int64_t tile, void *wsp) {
-    const int64_t D = w->D, Dv = w->Dv, G = w->Hq / w->Hk;
+    const int64_t D = w->D, Dv = w->Dv, G = w->Hq / w->Hk, R = g->max_rows;
     const int64_t Dvp = round_up(Dv, VL);
     const struct attn_segment *sg = &w->segments[seg];
     const int64_t i0 = sg->q0 + tile * g->rows_per_tile;
     const int64_t i1 = i0 + g->rows_per_tile < sg->q1 ? i0 + g->rows_per_tile : sg->q1;
-    const int64_t nrows = (i1 - i0) * G;        /* valid rows */
-    const int64_t arows = round_up(nrows, RB);  /* rows computed */
+    const int64_t nrows = (i1 - i0) * G;          /* valid rows */
+    const int64_t arows = round_up(nrows, VL);    /* rows of the score vectors */
+    const int64_t prows = round_up(nrows, RB);    /* rows of the output update */
     const int64_t b = sg->b;
     const int softcap = w->softcap > 0.0f;
     const float qmul = softcap ? w->scale : w->scale * LOG2E;
     const float cap2 = w->softcap * LOG2E, inv_cap = softcap ? 1.0f / w->softcap : 0.0f;
+    const size_t qes = dtype_size(w->q.dtype), kes = dtype_size(w->k.dtype);
+    const size_t ves = dtype_size(w->v.dtype);
+    /* fp32 keys are read in place; values too when rows are whole vectors. */
+    const int k_direct = w->k.dtype == CFLASH_DTYPE_F32;
+    const int v_direct = w->v.dtype == CFLASH_DTYPE_F32 && Dv == Dvp;
 
     struct tile_ws t;
-    ws_carve(&t, wsp, g->max_rows, D, Dvp);
+    ws_carve(&t, wsp, R, D, Dvp);
 
-    /* Load the query rows (padding rows zero: their scores stay 0 and are never stored). */
-    const size_t qes = dtype_size(w->q.dtype);
+    /* Query rows, transposed and pre-scaled; padding rows are zero and fully masked. */
+    float qrow[CFLASH_MAX_HEAD_DIM];
     for (int64_t r = 0; r < arows; r++) {
-        float *dst = t.q + r * D;
         if (r < nrows) {
-            int64_t i = i0 + r / G, h = kvh * G + r % G;
+            const int64_t i = i0 + r / G, h = kvh * G + r % G;
             const char *src = w->q.data + (b * w->q.sb + i * w->q.st + h * w->q.sh) * (int64_t)qes;
-            load_row_f32(dst, src, w->q.dtype, D, qmul);
+            load_row_f32(qrow, src, w->q.dtype, D, qmul);
+            for (int64_t d = 0; d < D; d++) t.qt[d * R + r] = qrow[d];
             t.slope[r] = w->alibi ? w->alibi[b * w->alibi_sb + h * w->alibi_sh] * LOG2E : 0.0f;
         } else {
-            memset(dst, 0, (size_t)D * sizeof(float));
+            for (int64_t d = 0; d < D; d++) t.qt[d * R + r] = 0.0f;
             t.slope[r] = 0.0f;
         }
         t.m[r] = -INFINITY;
         t.l[r] = 0.0f;
-        memset(t.o + r * Dvp, 0, (size_t)Dvp * sizeof(float));
     }
+    memset(t.o, 0, (size_t)(prows * Dvp) * sizeof(float));
 
-    const size_t kes = dtype_size(w->k.dtype), ves = dtype_size(w->v.dtype);
+    const float *kp[BC], *vp[BC];
     for (int64_t si = sg->s0; si < sg->s1; si++) {
         const struct attn_slice *sl = &w->slices[si];
         const int64_t rlo = i0 > sl->q0 ? i0 : sl->q0, rhi = i1 < sl->q1 ? i1 : sl->q1;
         if (rlo >= rhi) continue;
-        int64_t clo = rlo + sl->dlo > sl->k0 ? rlo + sl->dlo : sl->k0;
-        int64_t chi = rhi - 1 + sl->dhi + 1 < sl->k1 ? rhi + sl->dhi : sl->k1;
+        const int64_t clo = rlo + sl->dlo > sl->k0 ? rlo + sl->dlo : sl->k0;
+        const int64_t chi = rhi + sl->dhi < sl->k1 ? rhi + sl->dhi : sl->k1;
         const int all_rows = rlo == i0 && rhi == i1;
 
         for (int64_t c0 = clo; c0 < chi; c0 += BC) {
             const int64_t c1 = c0 + BC < chi ? c0 + BC : chi;
             const int ncols = (int)(c1 - c0);
-            /* Every (row, col) of the tile visible: no per-row clipping needed. */
-            const int full = all_rows && ncols == BC && c0 - (i1 - 1) >= sl->dlo &&
-                             (c1 - 1) - i0 <= sl->dhi;
+            /* Every (row, col) of the tile visible: skip the per-row clipping. */
+            const int full = all_rows && c0 - (i1 - 1) >= sl->dlo && (c1 - 1) - i0 <= sl->dhi;
 
-            /* Pack K transposed and V; padding columns/rows are zero (P is 0 there, and
-             * 0 * garbage could be NaN). */
             for (int c = 0; c < ncols; c++) {
                 const char *kr = w->k.data + (b * w->k.sb + (c0 + c) * w->k.st + kvh * w->k.sh) * (int64_t)kes;
                 const char *vr = w->v.data + (b * w->v.sb + (c0 + c) * w->v.st + kvh * w->v.sh) * (int64_t)ves;
-                if (w->k.dtype == CFLASH_DTYPE_F32) {
-                    const float *kf = (const float *)(const void *)kr;
-                    for (int64_t d = 0; d < D; d++) t.kt[d * BC + c] = kf[d];
+                if (k_direct) {
+                    kp[c] = (const float *)(const void *)kr;
                 } else {
-                    for (int64_t d = 0; d < D; d++) t.kt[d * BC + c] = load_f32(kr, w->k.dtype, d);
+                    convert_row(t.kb + c * D, kr, w->k.dtype, D);
+                    kp[c] = t.kb + c * D;
                 }
-                load_row_f32(t.v + c * Dvp, vr, w->v.dtype, Dv, 1.0f);
-                for (int64_t d = Dv; d < Dvp; d++) t.v[c * Dvp + d] = 0.0f;
-            }
-            if (ncols < BC) {
-                for (int64_t d = 0; d < D; d++)
-                    memset(t.kt + d * BC + ncols, 0, (size_t)(BC - ncols) * sizeof(float));
-                memset(t.v + ncols * Dvp, 0, (size_t)(BC - ncols) * (size_t)Dvp * sizeof(float));
+                if (v_direct) {
+                    vp[c] = (const float *)(const void *)vr;
+                } else {
+                    convert_row(t.vb + c * Dvp, vr, w->v.dtype, Dv);
+                    for (int64_t d = Dv; d < Dvp; d++) t.vb[c * Dvp + d] = 0.0f;
+                    vp[c] = t.vb + c * Dvp;
+                }
             }
 
-            for (int64_t r = 0; r < arows; r += RB) qk_block(t.q + r * D, D, t.kt, t.s + r * BC);
+            qk_tile(kp, ncols, D, t.qt, R, arows, t.st);
 
-            /* Score rules and online softmax, row by row. */
-            for (int64_t r = 0; r < nrows; r++) {
-                float *srow = t.s + r * BC;
+            /* Visible columns of each row in this tile. */
+            for (int64_t r = 0; r < arows; r++) {
                 const int64_t i = i0 + r / G;
-                int64_t lo = 0, hi = BC; /* visible columns [lo, hi) of this tile */
-                if (!full) {
-                    if (i < sl->q0 || i >= sl->q1) {
-                        lo = hi = 0;
-                    } else {
-                        int64_t a = i + sl->dlo - c0, z = i + sl->dhi + 1 - c0;
-                        lo = a > 0 ? a : 0;
-                        hi = z < ncols ? z : ncols;
-                        if (hi < lo) hi = lo;
-                    }
+                int64_t lo = 0, hi = ncols;
+                if (r >= nrows || i < sl->q0 || i >= sl->q1) {
+                    lo = hi = 0;
+                } else if (!full) {
+                    const int64_t a = i + sl->dlo - c0, z = i + sl->dhi + 1 - c0;
+                    lo = a > 0 ? a : 0;
+                    hi = z < ncols ? z : ncols;
+                    if (hi < lo) hi = lo;
                 }
-                vf vmx = vset1(-INFINITY);
-                const float slope = t.slope[r];
-                const float adiag = (float)(i + sl->alibi_diag - c0);
-                for (int c = 0; c < BC; c += VL) {
-                    vf s = vload(srow + c);
-                    if (softcap) s = cap2 * vtanh(s * inv_cap);
-                    if (w->alibi) {
-                        vf col = vset1(0.0f);
-                        for (int e = 0; e < VL; e++) col[e] = (float)(c + e);
-                        s -= slope * vabs(col - adiag);
-                    }
-                    if (!full) {
-                        vi col;
-                        for (int e = 0; e < VL; e++) col[e] = c + e;
-                        vi keep = (col >= (int32_t)lo) & (col < (int32_t)hi);
-                        s = vsel(keep, s, vset1(-INFINITY));
-                    }
-                    vstore(srow + c, s);
-                    vmx = vmax(vmx, s);
-                }
-                const float m_old = t.m[r];
-                float m_new = hmax(vmx);
-                m_new = m_new > m_old ? m_new : m_old;
-                if (m_new == -INFINITY) { /* nothing visible yet: P = 0, O stays 0 */
-                    memset(srow, 0, BC * sizeof(float));
-                    t.alpha[r] = 1.0f;
-                    continue;
-                }
-                vf vsum = vset1(0.0f);
-                for (int c = 0; c < BC; c += VL) {
-                    vf p = vexp2(vload(srow + c) - m_new);
-                    vstore(srow + c, p);
-                    vsum += p;
-                }
-                const float alpha = exp2f(m_old - m_new); /* 0 when m_old = -inf */
-                t.alpha[r] = alpha;
-                t.l[r] = t.l[r] * alpha + hsum(vsum);
-                t.m[r] = m_new;
-            }
-            for (int64_t r = nrows; r < arows; r++) {
-                memset(t.s + r * BC, 0, BC * sizeof(float));
-                t.alpha[r] = 1.0f;
+                t.lo[r] = (int32_t)lo;
+                t.hi[r] = (int32_t)hi;
+                t.adiag[r] = (float)(i + sl->alibi_diag - c0);
             }
 
-            for (int64_t r = 0; r < arows; r += RB)
-                pv_rows(t.s + r * BC, t.v, Dvp, ncols, t.alpha + r, t.o + r * Dvp);
+            /* Score rules and the online softmax, VL rows at a time. */
+            const int masked = !full || arows != nrows;
+            for (int64_t r = 0; r < arows; r += VL) {
+                vi lo, hi;
+                memcpy(&lo, t.lo + r, sizeof lo);
+                memcpy(&hi, t.hi + r, sizeof hi);
+                const vf slope = vload(t.slope + r), adiag = vload(t.adiag + r);
+                vf mx = vset1(-INFINITY);
+                for (int c = 0; c < ncols; c++) {
+                    float *sp = t.st + c * R + r;
+                    vf s = vload(sp);
+                    if (softcap) s = cap2 * vtanh(s * inv_cap);
+                    if (w->alibi) s -= slope * vabs((float)c - adiag);
+                    if (masked) s = vsel((lo <= c) & (hi > c), s, vset1(-INFINITY));
+                    vstore(sp, s);
+                    mx = vmax(mx, s);
+                }
+                const vf m_old = vload(t.m + r);
+                const vf m_new = vmax(m_old, mx);
+                /* rows with nothing visible yet subtract 0: p = 2^-inf = 0, alpha = 0 */
+                const vf m_use = vsel(m_new == -INFINITY, vset1(0.0f), m_new);
+                vf sum = vset1(0.0f);
+                for (int c = 0; c < ncols; c++) {
+                    float *sp = t.st + c * R + r;
+                    vf p = vexp2(vload(sp) - m_use);
+                    vstore(sp, p);
+                    sum += p;
+                }
+                const vf alpha = vexp2(m_old - m_use);
+                vstore(t.alpha + r, alpha);
+                vstore(t.l + r, vload(t.l + r) * alpha + sum);
+                vstore(t.m + r, m_new);
+            }
+
+            pv_tile(t.st, R, prows, vp, ncols, t.alpha, t.o, Dvp);
         }
     }
 
@@ -341,15 +379,15 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
 void tiled_geometry(struct tiled_geometry *g, int64_t Hq, int64_t Hk) {
     const int64_t G = Hq / Hk;
     g->rows_per_tile = TILE_ROWS / G > 0 ? TILE_ROWS / G : 1;
-    g->max_rows = round_up(g->rows_per_tile * G, RB);
+    g->max_rows = round_up(g->rows_per_tile * G, 16); /* the widest VL */
 }
 
 size_t cpu_tiled_workspace_per_thread(int64_t Hq, int64_t Hk, int64_t D, int64_t Dv) {
     struct tiled_geometry g;
     tiled_geometry(&g, Hq, Hk);
     const int64_t R = g.max_rows, Dvp = round_up(Dv, 16); /* the widest VL */
-    int64_t floats = round_up(R * D, 16) + round_up(D * BC, 16) + BC * Dvp + R * BC + R * Dvp +
-                     4 * round_up(R, 16);
+    int64_t floats = round_up(R * D, 16) + round_up(BC * D, 16) + BC * Dvp + BC * R + R * Dvp +
+                     7 * R;
     return (size_t)floats * sizeof(float) + 64; /* + alignment slack */
 }
 #endif
