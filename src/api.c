@@ -169,8 +169,8 @@ static enum cflash_status check_params(const struct cflash_attn_params *p, int64
         CHECK(check_dtype("sinks", p->sinks, CFLASH_DTYPE_F32));
         CHECK(check_dim("sinks", p->sinks, 0, Hq, "Hq"));
     }
-    if (p->kernel != CFLASH_KERNEL_AUTO && !cflash_kernel_available(p->kernel))
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: '%s' is not available on this CPU", cflash_kernel_name(p->kernel));
+    enum cflash_kernel kernel;
+    CHECK(cpu_resolve_kernel(p->kernel, &kernel));
     return CFLASH_STATUS_OK;
 }
 
@@ -235,9 +235,8 @@ static enum cflash_status run_attention(int rank, const struct cflash_tensor *q,
                                         const struct cflash_tensor *lse, const struct cflash_attn_params *p,
                                         int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
                                         const int64_t *qs, const int64_t *lq, const int64_t *ks, const int64_t *lk) {
-    enum cflash_kernel kernel = p->kernel == CFLASH_KERNEL_AUTO ? cflash_kernel_auto() : p->kernel;
-    if (!cflash_kernel_available(kernel))
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: '%s' (from CFLASH_KERNEL) is not available on this CPU", cflash_kernel_name(kernel));
+    enum cflash_kernel kernel;
+    CHECK(cpu_resolve_kernel(p->kernel, &kernel));
 
     struct attn_work w;
     memset(&w, 0, sizeof w);

@@ -89,6 +89,9 @@ typedef void (*parallel_fn)(void *ctx, int64_t item, int32_t thread);
 enum cflash_status cpu_parallel_for(int32_t num_threads, int64_t n, parallel_fn fn, void *ctx);
 
 /* ---- cpu backend ---- */
+/* AUTO -> CFLASH_KERNEL or the best ISA; INVALID_ARGUMENT for an unknown CFLASH_KERNEL value,
+ * UNSUPPORTED for a kernel this CPU cannot run. */
+enum cflash_status cpu_resolve_kernel(enum cflash_kernel requested, enum cflash_kernel *kernel);
 enum cflash_status cpu_ref_attention(const struct attn_work *w);
 enum cflash_status cpu_tiled_attention(const struct attn_work *w, enum cflash_kernel kernel);
 size_t cpu_tiled_workspace_per_thread(int64_t Hq, int64_t Hk, int64_t D, int64_t Dv);

@@ -46,14 +46,36 @@ static enum cflash_kernel cpu_best_kernel(void) {
     return CFLASH_KERNEL_CPU_GENERIC;
 }
 
-enum cflash_kernel cflash_kernel_auto(void) {
+/* CFLASH_KERNEL, if set, names the kernel AUTO means; "auto" or unset: the best one. */
+static int kernel_from_env(enum cflash_kernel *k) {
     const char *env = getenv("CFLASH_KERNEL");
-    if (env && *env) {
-        for (int k = CFLASH_KERNEL_REFERENCE; k <= CFLASH_KERNEL_CPU_GENERIC; k++)
-            if (strcmp(env, cflash_kernel_name((enum cflash_kernel)k)) == 0)
-                return (enum cflash_kernel)k;
+    if (!env || !*env || strcmp(env, "auto") == 0) {
+        *k = cpu_best_kernel();
+        return 1;
     }
-    return cpu_best_kernel();
+    for (int i = CFLASH_KERNEL_REFERENCE; i <= CFLASH_KERNEL_CPU_GENERIC; i++)
+        if (strcmp(env, cflash_kernel_name((enum cflash_kernel)i)) == 0) {
+            *k = (enum cflash_kernel)i;
+            return 1;
+        }
+    return 0;
+}
+
+enum cflash_kernel cflash_kernel_auto(void) {
+    enum cflash_kernel k;
+    return kernel_from_env(&k) ? k : cpu_best_kernel();
+}
+
+enum cflash_status cpu_resolve_kernel(enum cflash_kernel requested, enum cflash_kernel *kernel) {
+    if (requested == CFLASH_KERNEL_AUTO && !kernel_from_env(&requested))
+        return cflash_set_error(CFLASH_STATUS_INVALID_ARGUMENT,
+                                "CFLASH_KERNEL: unknown kernel '%s' (auto|ref|avx512|avx2|generic)",
+                                getenv("CFLASH_KERNEL"));
+    if (!cflash_kernel_available(requested))
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: '%s' is not available on this CPU",
+                                cflash_kernel_name(requested));
+    *kernel = requested;
+    return CFLASH_STATUS_OK;
 }
 
 struct tiled_job {
