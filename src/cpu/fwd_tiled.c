@@ -20,6 +20,9 @@
 
 #include <math.h>
 #include <string.h>
+#if defined(CPU_ISA_AVX512) || defined(CPU_ISA_AVX2)
+#include <immintrin.h>
+#endif
 
 #if defined(CPU_ISA_AVX512)
 #define ISA(name) name##_avx512
@@ -54,9 +57,12 @@ typedef int32_t vi __attribute__((vector_size(VL * 4), aligned(4)));
 static const float LOG2E = 1.4426950408889634f;
 static const float LN2 = 0.6931471805599453f;
 
-static inline vf vload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
-static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
-static inline vf vset1(float x) { return (vf){0} + x; }
+/* Unaligned loads and stores (vf has 4-byte alignment; GCC lets vectors alias their element
+ * type). Not memcpy: GCC's generic tuning splits a 32-byte memcpy into 16-byte moves. */
+static inline vf vload(const float *p) { return *(const vf *)p; }
+static inline void vstore(float *p, vf v) { *(vf *)p = v; }
+/* A broadcast. Written x - 0, which folds to x exactly (0 + x would not fold: -0.0). */
+static inline vf vset1(float x) { return x - (vf){0}; }
 static inline vf vsel(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }
 static inline vf vmax(vf a, vf b) { return vsel(a > b, a, b); }
 static inline vf vmin(vf a, vf b) { return vsel(a < b, a, b); }
@@ -175,6 +181,83 @@ static void qk_tile(const float *const *kp, int ncols, int64_t D, const float *q
     }
 }
 
+/* Few rows (decode, q_len x G <= VL / P): a score vector of VL lanes would carry only a few
+ * rows, so the head dim is split into P phases instead. Lane r * P + p accumulates the terms
+ * d = P dd + p of row r; Q^T is stored as qt[dd][r * P + p] and the key's P consecutive values
+ * are broadcast to every group of P lanes. A key costs D / P FMAs instead of D; the P partial
+ * sums of a row are added by two shuffles at the end. Needs D % P == 0. */
+#if VL == 16
+#define PHASES_MAX 4
+static inline vf bcast_group(const float *p, const int P) {
+    if (P == 4) return (vf)_mm512_broadcast_f32x4(_mm_loadu_ps(p));  /* vbroadcastf32x4 m128 */
+    double x;
+    memcpy(&x, p, sizeof x);
+    return (vf)_mm512_castpd_ps(_mm512_set1_pd(x));                  /* vbroadcastsd m64 */
+}
+/* lane r (< VL / P) = sum of lanes r * P .. r * P + P - 1 */
+static inline vf phase_reduce(vf a, const int P) {
+    if (P == 4) {
+        a += __builtin_shufflevector(a, a, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+        a += __builtin_shufflevector(a, a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+        return __builtin_shufflevector(a, a, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12);
+    }
+    a += __builtin_shufflevector(a, a, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    return __builtin_shufflevector(a, a, 0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14);
+}
+#elif VL == 8
+#define PHASES_MAX 4
+static inline vf bcast_group(const float *p, const int P) {
+    if (P == 4) return (vf)_mm256_broadcast_ps((const __m128 *)(const void *)p);
+    double x;
+    memcpy(&x, p, sizeof x);
+    return (vf)_mm256_castpd_ps(_mm256_set1_pd(x));
+}
+static inline vf phase_reduce(vf a, const int P) {
+    if (P == 4) {
+        a += __builtin_shufflevector(a, a, 1, 0, 3, 2, 5, 4, 7, 6);
+        a += __builtin_shufflevector(a, a, 2, 3, 0, 1, 6, 7, 4, 5);
+        return __builtin_shufflevector(a, a, 0, 4, 0, 4, 0, 4, 0, 4);
+    }
+    a += __builtin_shufflevector(a, a, 1, 0, 3, 2, 5, 4, 7, 6);
+    return __builtin_shufflevector(a, a, 0, 2, 4, 6, 0, 2, 4, 6);
+}
+#else
+#define PHASES_MAX 1
+#endif
+
+/* Phases for a tile of nrows rows: the largest P <= PHASES_MAX with nrows * P <= VL, D % P == 0. */
+static inline int qk_phases(int64_t nrows, int64_t D) {
+    int P = 1;
+    while (P < PHASES_MAX && nrows * P * 2 <= VL && D % (P * 2) == 0) P *= 2;
+    return P;
+}
+
+#if PHASES_MAX > 1
+static inline __attribute__((always_inline)) void qk_phase_block(
+    const float *const *restrict kp, int64_t D, const float *restrict qt, int64_t R,
+    float *restrict st, const int CB, const int P) {
+    vf acc[8];
+    for (int j = 0; j < CB; j++) acc[j] = vset1(0.0f);
+    for (int64_t dd = 0; dd < D / P; dd++) {
+        const vf qv = vload(qt + dd * R);
+        for (int j = 0; j < CB; j++) acc[j] += bcast_group(kp[j] + dd * P, P) * qv;
+    }
+    for (int j = 0; j < CB; j++) vstore(st + j * R, phase_reduce(acc[j], P));
+}
+
+static void qk_tile_phased(const float *const *kp, int ncols, int64_t D, const float *qt,
+                           int64_t R, float *st, int P) {
+    int c = 0;
+    if (P == 4) {
+        for (; c + 8 <= ncols; c += 8) qk_phase_block(kp + c, D, qt, R, st + c * R, 8, 4);
+        for (; c < ncols; c++) qk_phase_block(kp + c, D, qt, R, st + c * R, 1, 4);
+    } else {
+        for (; c + 8 <= ncols; c += 8) qk_phase_block(kp + c, D, qt, R, st + c * R, 8, 2);
+        for (; c < ncols; c++) qk_phase_block(kp + c, D, qt, R, st + c * R, 1, 2);
+    }
+}
+#endif
+
 /* O[r][d0 ...] = O[r][d0 ...] alpha[r] + sum_c P^T[c][r] V[c][d0 ...], for RB rows, NV vectors. */
 static inline __attribute__((always_inline)) void pv_block(
     const float *restrict pt, int64_t R, const float *const *restrict vp, int64_t d0, int ncols,
@@ -236,6 +319,8 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
     const int k_direct = w->k.dtype == CFLASH_DTYPE_F32;
     const int v_direct = w->v.dtype == CFLASH_DTYPE_F32 && Dv == Dvp;
 
+    const int P = qk_phases(nrows, D); /* head-dim phases of the QK product (1: none) */
+
     struct tile_ws t;
     ws_carve(&t, wsp, R, D, Dvp);
 
@@ -246,12 +331,12 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
             const int64_t i = i0 + r / G, h = kvh * G + r % G;
             const char *src = w->q.data + (b * w->q.sb + i * w->q.st + h * w->q.sh) * (int64_t)qes;
             load_row_f32(qrow, src, w->q.dtype, D, qmul);
-            for (int64_t d = 0; d < D; d++) t.qt[d * R + r] = qrow[d];
+            for (int64_t d = 0; d < D; d++) t.qt[(d / P) * R + r * P + d % P] = qrow[d];
             t.slope[r] = w->alibi ? w->alibi[b * w->alibi_sb + h * w->alibi_sh] * LOG2E : 0.0f;
-        } else {
-            for (int64_t d = 0; d < D; d++) t.qt[d * R + r] = 0.0f;
-            t.slope[r] = 0.0f;
+        } else if (r * P < VL || P == 1) { /* with phases, lanes r * P + p < VL exist */
+            for (int64_t d = 0; d < D; d++) t.qt[(d / P) * R + r * P + d % P] = 0.0f;
         }
+        if (r >= nrows) t.slope[r] = 0.0f;
         t.m[r] = -INFINITY;
         t.l[r] = 0.0f;
     }
@@ -290,6 +375,10 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
                 }
             }
 
+#if PHASES_MAX > 1
+            if (P > 1) qk_tile_phased(kp, ncols, D, t.qt, R, t.st, P);
+            else
+#endif
             qk_tile(kp, ncols, D, t.qt, R, arows, t.st);
 
             /* Visible columns of each row in this tile. */
