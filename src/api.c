@@ -84,11 +84,20 @@ static enum cflash_status check_tensor(const char *name, const struct cflash_ten
             return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: CUDA tensors need the CUDA backend, which this build does not have", name);
         return INVALID("%s: unknown device type %d", name, (int)t->device);
     }
-    int64_t numel = 1;
+    /* Element counts and offsets stay far from int64 overflow: each below 2^53. */
+    const int64_t limit = (int64_t)1 << 53;
+    int64_t numel = 1, span = 0;
     for (int i = 0; i < ndim; i++) {
-        if (t->shape[i] < 0) return INVALID("%s: shape[%d] = %lld is negative", name, i, (long long)t->shape[i]);
-        numel *= t->shape[i];
+        const int64_t n = t->shape[i], st = t->stride[i];
+        const int64_t s = st == INT64_MIN ? INT64_MAX : st < 0 ? -st : st;
+        if (n < 0) return INVALID("%s: shape[%d] = %lld is negative", name, i, (long long)n);
+        if (n > limit || (n > 0 && numel > limit / n)) return INVALID("%s: more than 2^53 elements", name);
+        numel *= n;
+        if (n > 1 && (s > limit || (n - 1) > (limit - span) / (s > 0 ? s : 1)))
+            return INVALID("%s: strides reach past 2^53 elements", name);
+        if (n > 1) span += (n - 1) * s;
     }
+    if (numel == 0) return CFLASH_STATUS_OK;
     if (numel > 0 && !t->data) return INVALID("%s: data is NULL but the tensor has %lld elements", name, (long long)numel);
     return CFLASH_STATUS_OK;
 }
