@@ -64,14 +64,18 @@ enum cflash_align {
 
 /* Kernel choice. AUTO picks the fastest available; anything else forces that kernel, and a
  * forced kernel that cannot serve the call returns UNSUPPORTED (never a silent fallback).
- * The environment variable CFLASH_KERNEL (auto|ref|avx512|avx2|generic) overrides AUTO. */
+ * The environment variable CFLASH_KERNEL (auto|ref|avx512bf16|avx512|avx2|generic) overrides
+ * AUTO. All CPU kernels compute fp32 and fp16 inputs the same way; AVX512_BF16 differs from
+ * AVX512 only for bf16 inputs (vdpbf16ps dot products, probabilities rounded to bf16). */
 enum cflash_kernel {
     CFLASH_KERNEL_AUTO = 0,
     CFLASH_KERNEL_REFERENCE = 1,   /* the naive fp64 oracle (src/cpu/ref.c) */
     CFLASH_KERNEL_CPU_AVX512 = 2,  /* tiled online softmax, AVX-512 (x86-64) */
     CFLASH_KERNEL_CPU_AVX2 = 3,    /* tiled online softmax, AVX2 + FMA (x86-64) */
-    CFLASH_KERNEL_CPU_GENERIC = 4  /* tiled online softmax, portable C vectors (any CPU) */
+    CFLASH_KERNEL_CPU_GENERIC = 4, /* tiled online softmax, portable C vectors (any CPU) */
+    CFLASH_KERNEL_CPU_AVX512_BF16 = 5 /* AVX-512 plus AVX512-BF16 dot products for bf16 */
 };
+#define CFLASH_KERNEL_COUNT 6
 
 enum cflash_device_type {
     CFLASH_DEVICE_CPU = 0,

@@ -164,7 +164,7 @@ static enum cflash_status check_params(const struct cflash_attn_params *p, int64
     if (p->window_left < -1) return INVALID("window_left: must be >= -1 (-1 = unbounded), got %lld", (long long)p->window_left);
     if (p->window_right < -1) return INVALID("window_right: must be >= -1 (-1 = unbounded), got %lld", (long long)p->window_right);
     if (p->num_threads < 0) return INVALID("num_threads: must be >= 0 (0 = default), got %d", (int)p->num_threads);
-    if ((unsigned)p->kernel > CFLASH_KERNEL_CPU_GENERIC) return INVALID("kernel: unknown kernel %d", (int)p->kernel);
+    if ((unsigned)p->kernel >= CFLASH_KERNEL_COUNT) return INVALID("kernel: unknown kernel %d", (int)p->kernel);
     if (p->alibi_slopes) {
         const struct cflash_tensor *a = p->alibi_slopes;
         if (!a || a->ndim < 1 || a->ndim > 2) return INVALID("alibi_slopes: must have shape [Hq] or [B, Hq]");

@@ -109,5 +109,6 @@ void tiled_geometry(struct tiled_geometry *g, int64_t Hq, int64_t Hk);
 DECLARE_TILED(generic)
 DECLARE_TILED(avx2)
 DECLARE_TILED(avx512)
+DECLARE_TILED(avx512bf16)
 
 #endif /* CFLASH_INTERNAL_H */

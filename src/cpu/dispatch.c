@@ -22,6 +22,9 @@ int cflash_kernel_available(enum cflash_kernel kernel) {
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("fma");
+    case CFLASH_KERNEL_CPU_AVX512_BF16:
+        return cflash_kernel_available(CFLASH_KERNEL_CPU_AVX512) &&
+               __builtin_cpu_supports("avx512bf16");
 #endif
     default:
         return 0;
@@ -35,12 +38,14 @@ const char *cflash_kernel_name(enum cflash_kernel kernel) {
     case CFLASH_KERNEL_CPU_AVX512: return "avx512";
     case CFLASH_KERNEL_CPU_AVX2: return "avx2";
     case CFLASH_KERNEL_CPU_GENERIC: return "generic";
+    case CFLASH_KERNEL_CPU_AVX512_BF16: return "avx512bf16";
     }
     return "unknown";
 }
 
 /* The best kernel this machine runs (ignoring the environment). */
 static enum cflash_kernel cpu_best_kernel(void) {
+    if (cflash_kernel_available(CFLASH_KERNEL_CPU_AVX512_BF16)) return CFLASH_KERNEL_CPU_AVX512_BF16;
     if (cflash_kernel_available(CFLASH_KERNEL_CPU_AVX512)) return CFLASH_KERNEL_CPU_AVX512;
     if (cflash_kernel_available(CFLASH_KERNEL_CPU_AVX2)) return CFLASH_KERNEL_CPU_AVX2;
     return CFLASH_KERNEL_CPU_GENERIC;
@@ -53,7 +58,7 @@ static int kernel_from_env(enum cflash_kernel *k) {
         *k = cpu_best_kernel();
         return 1;
     }
-    for (int i = CFLASH_KERNEL_REFERENCE; i <= CFLASH_KERNEL_CPU_GENERIC; i++)
+    for (int i = CFLASH_KERNEL_REFERENCE; i < CFLASH_KERNEL_COUNT; i++)
         if (strcmp(env, cflash_kernel_name((enum cflash_kernel)i)) == 0) {
             *k = (enum cflash_kernel)i;
             return 1;
@@ -69,7 +74,7 @@ enum cflash_kernel cflash_kernel_auto(void) {
 enum cflash_status cpu_resolve_kernel(enum cflash_kernel requested, enum cflash_kernel *kernel) {
     if (requested == CFLASH_KERNEL_AUTO && !kernel_from_env(&requested))
         return cflash_set_error(CFLASH_STATUS_INVALID_ARGUMENT,
-                                "CFLASH_KERNEL: unknown kernel '%s' (auto|ref|avx512|avx2|generic)",
+                                "CFLASH_KERNEL: unknown kernel '%s' (auto|ref|avx512bf16|avx512|avx2|generic)",
                                 getenv("CFLASH_KERNEL"));
     if (!cflash_kernel_available(requested))
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: '%s' is not available on this CPU",
@@ -112,6 +117,7 @@ enum cflash_status cpu_tiled_attention(const struct attn_work *w, enum cflash_ke
     tiled_geometry(&job.geo, w->Hq, w->Hk);
     switch (kernel) {
 #if defined(CFLASH_HAVE_X86_KERNELS)
+    case CFLASH_KERNEL_CPU_AVX512_BF16: job.item = cpu_tiled_item_avx512bf16; break;
     case CFLASH_KERNEL_CPU_AVX512: job.item = cpu_tiled_item_avx512; break;
     case CFLASH_KERNEL_CPU_AVX2: job.item = cpu_tiled_item_avx2; break;
 #endif

@@ -20,11 +20,15 @@
 
 #include <math.h>
 #include <string.h>
-#if defined(CPU_ISA_AVX512) || defined(CPU_ISA_AVX2)
+#if defined(CPU_ISA_AVX512BF16) || defined(CPU_ISA_AVX512) || defined(CPU_ISA_AVX2)
 #include <immintrin.h>
 #endif
 
-#if defined(CPU_ISA_AVX512)
+#if defined(CPU_ISA_AVX512BF16)
+#define ISA(name) name##_avx512bf16
+#define VL 16
+#define BF16_DOT 1 /* bf16 inputs: QK and PV by vdpbf16ps (2 products per fp32 lane) */
+#elif defined(CPU_ISA_AVX512)
 #define ISA(name) name##_avx512
 #define VL 16
 #elif defined(CPU_ISA_AVX2)
@@ -33,6 +37,9 @@
 #else
 #define ISA(name) name##_generic
 #define VL 4
+#endif
+#ifndef BF16_DOT
+#define BF16_DOT 0
 #endif
 
 /* Key tile width (columns of S), a multiple of every VL. */
@@ -67,6 +74,8 @@ static inline vf vsel(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)
 static inline vf vmax(vf a, vf b) { return vsel(a > b, a, b); }
 static inline vf vmin(vf a, vf b) { return vsel(a < b, a, b); }
 static inline vf vabs(vf a) { return (vf)((vi)a & 0x7fffffff); }
+
+static inline uint32_t load_u32(const void *p) { uint32_t x; memcpy(&x, p, 4); return x; }
 
 static inline float hmax(vf v) {
     float m = v[0];
@@ -115,6 +124,7 @@ struct tile_ws {
     float *kb;    /* [BC][D]          converted key tile (fp16/bf16 only) */
     float *vb;    /* [BC][Dvp]        converted or padded value tile */
     float *st;    /* [BC][max_rows]   scores, then probabilities, transposed */
+    uint32_t *pp; /* [BC/2][max_rows] bf16 pairs of probabilities (BF16_DOT only) */
     float *o;     /* [max_rows][Dvp]  unnormalized output */
     float *m, *l, *alpha;  /* [max_rows] running max (base 2), sum, this tile's rescale */
     float *slope, *adiag;  /* [max_rows] ALiBi slope * log2(e); row's ALiBi diagonal (tile-local) */
@@ -129,6 +139,7 @@ static void ws_carve(struct tile_ws *t, void *base, int64_t R, int64_t D, int64_
     t->kb = p;    p += round_up(BC * D, 16);
     t->vb = p;    p += BC * Dvp;
     t->st = p;    p += BC * R;
+    t->pp = (uint32_t *)(void *)p; p += BC / 2 * R;
     t->o = p;     p += R * Dvp;
     t->m = p;     p += R;
     t->l = p;     p += R;
@@ -287,6 +298,115 @@ static void pv_tile(const float *pt, int64_t R, int64_t prows, const float *cons
     }
 }
 
+
+#if BF16_DOT
+/* bf16 inputs on CPUs with AVX512-BF16. vdpbf16ps adds a[2i] b[2i] + a[2i+1] b[2i+1] into
+ * fp32 lane i, and bf16 x bf16 products are exact in fp32, so QK loses nothing against the
+ * fp32 path: Q is stored as raw bf16 pairs along d (the scale is applied to the scores), K
+ * pairs are broadcast straight from the caller's memory. PV pairs along keys: probabilities
+ * are rounded to bf16 (as FlashAttention does on GPUs; within SPEC.md's half-precision
+ * rule) and V is repacked into key pairs. */
+static inline __m512i pack_pairs(__m512 lo, __m512 hi) {
+    const __m512i a = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
+    const __m512i b = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
+    return _mm512_or_si512(a, _mm512_slli_epi32(b, 16));
+}
+
+static inline __attribute__((always_inline)) void qk_block_bf16(
+    const uint16_t *const *restrict kp, int64_t D2, const uint32_t *restrict qt, int64_t R,
+    int64_t r0, float *restrict st, const int CB, const int NV) {
+    __m512 acc[4][4];
+    for (int j = 0; j < CB; j++)
+        for (int n = 0; n < NV; n++) acc[j][n] = _mm512_setzero_ps();
+    for (int64_t dd = 0; dd < D2; dd++) {
+        __m512i qv[4];
+        for (int n = 0; n < NV; n++) qv[n] = _mm512_loadu_si512(qt + dd * R + r0 + n * 16);
+        for (int j = 0; j < CB; j++) {
+            const __m512i kb = _mm512_set1_epi32((int)load_u32(kp[j] + 2 * dd));
+            for (int n = 0; n < NV; n++)
+                acc[j][n] = _mm512_dpbf16_ps(acc[j][n], (__m512bh)kb, (__m512bh)qv[n]);
+        }
+    }
+    for (int j = 0; j < CB; j++)
+        for (int n = 0; n < NV; n++) _mm512_storeu_ps(st + j * R + r0 + n * 16, acc[j][n]);
+}
+
+static void qk_tile_bf16(const uint16_t *const *kp, int ncols, int64_t D, const uint32_t *qt,
+                         int64_t R, int64_t arows, float *st) {
+    int64_t r0 = 0;
+    for (; r0 + 64 <= arows; r0 += 64) {
+        int c = 0;
+        for (; c + 4 <= ncols; c += 4) qk_block_bf16(kp + c, D / 2, qt, R, r0, st + c * R, 4, 4);
+        for (; c < ncols; c++) qk_block_bf16(kp + c, D / 2, qt, R, r0, st + c * R, 1, 4);
+    }
+    for (; r0 < arows; r0 += 16) {
+        int c = 0;
+        for (; c + 4 <= ncols; c += 4) qk_block_bf16(kp + c, D / 2, qt, R, r0, st + c * R, 4, 1);
+        for (; c < ncols; c++) qk_block_bf16(kp + c, D / 2, qt, R, r0, st + c * R, 1, 1);
+    }
+}
+
+/* V rows c0 + 2 cp, c0 + 2 cp + 1 -> vp[cp][d] = (v[2cp][d], v[2cp+1][d]); zero padded. */
+static void pack_v_pairs(uint32_t *vp, const struct attn_work *w, int64_t b, int64_t kvh,
+                         int64_t c0, int ncols, int64_t Dvp) {
+    const int64_t Dv = w->Dv;
+    for (int cp = 0; cp < (ncols + 1) / 2; cp++) {
+        const uint16_t *v0 = (const uint16_t *)(const void *)(w->v.data + (b * w->v.sb + (c0 + 2 * cp) * w->v.st + kvh * w->v.sh) * 2);
+        const uint16_t *v1 = 2 * cp + 1 < ncols ? (const uint16_t *)(const void *)(w->v.data + (b * w->v.sb + (c0 + 2 * cp + 1) * w->v.st + kvh * w->v.sh) * 2) : NULL;
+        uint32_t *dst = vp + cp * Dvp;
+        int64_t d = 0;
+        for (; d + 16 <= Dv; d += 16) {
+            const __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(v0 + d)));
+            const __m512i hi = v1 ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(v1 + d))) : _mm512_setzero_si512();
+            _mm512_storeu_si512(dst + d, _mm512_or_si512(a, _mm512_slli_epi32(hi, 16)));
+        }
+        for (; d < Dvp; d++)
+            dst[d] = d < Dv ? (uint32_t)v0[d] | (v1 ? (uint32_t)v1[d] << 16 : 0u) : 0u;
+    }
+}
+
+/* probabilities P^T[c][r] -> pp[cp][r] = (bf16 p[2cp][r], bf16 p[2cp+1][r]) */
+static void pack_p_pairs(uint32_t *pp, const float *st, int64_t R, int64_t arows, int ncols) {
+    for (int cp = 0; cp < (ncols + 1) / 2; cp++)
+        for (int64_t r = 0; r < arows; r += 16) {
+            const __m512 lo = _mm512_loadu_ps(st + 2 * cp * R + r);
+            const __m512 hi = 2 * cp + 1 < ncols ? _mm512_loadu_ps(st + (2 * cp + 1) * R + r) : _mm512_setzero_ps();
+            _mm512_storeu_si512(pp + cp * R + r, pack_pairs(lo, hi));
+        }
+}
+
+static inline __attribute__((always_inline)) void pv_block_bf16(
+    const uint32_t *restrict pp, int64_t R, const uint32_t *restrict vp, int64_t d0, int npairs,
+    const float *restrict alpha, float *restrict o, int64_t Dvp, const int NV) {
+    __m512 acc[RB][NVO];
+    for (int r = 0; r < RB; r++)
+        for (int n = 0; n < NV; n++)
+            acc[r][n] = _mm512_mul_ps(_mm512_loadu_ps(o + r * Dvp + d0 + n * 16), _mm512_set1_ps(alpha[r]));
+    for (int cp = 0; cp < npairs; cp++) {
+        __m512i vv[NVO];
+        for (int n = 0; n < NV; n++) vv[n] = _mm512_loadu_si512(vp + cp * Dvp + d0 + n * 16);
+        for (int r = 0; r < RB; r++) {
+            const __m512i pb = _mm512_set1_epi32((int)pp[cp * R + r]);
+            for (int n = 0; n < NV; n++)
+                acc[r][n] = _mm512_dpbf16_ps(acc[r][n], (__m512bh)pb, (__m512bh)vv[n]);
+        }
+    }
+    for (int r = 0; r < RB; r++)
+        for (int n = 0; n < NV; n++) _mm512_storeu_ps(o + r * Dvp + d0 + n * 16, acc[r][n]);
+}
+
+static void pv_tile_bf16(const uint32_t *pp, int64_t R, int64_t prows, const uint32_t *vp,
+                         int ncols, const float *alpha, float *o, int64_t Dvp) {
+    const int npairs = (ncols + 1) / 2;
+    for (int64_t r = 0; r < prows; r += RB) {
+        int64_t d0 = 0;
+        for (; d0 + NVO * 16 <= Dvp; d0 += NVO * 16)
+            pv_block_bf16(pp + r, R, vp, d0, npairs, alpha + r, o + r * Dvp, Dvp, NVO);
+        for (; d0 < Dvp; d0 += 16) pv_block_bf16(pp + r, R, vp, d0, npairs, alpha + r, o + r * Dvp, Dvp, 1);
+    }
+}
+#endif
+
 /* n elements of a 16/32-bit float row -> fp32. */
 static inline void convert_row(float *restrict dst, const char *src, enum cflash_dtype t, int64_t n) {
 #if defined(__FLT16_MAX__) && defined(__F16C__)
@@ -320,6 +440,8 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
     const int v_direct = w->v.dtype == CFLASH_DTYPE_F32 && Dv == Dvp;
 
     const int P = qk_phases(nrows, D); /* head-dim phases of the QK product (1: none) */
+    /* bf16 dot products: Q stays unscaled (raw bf16 pairs); the scale multiplies the scores. */
+    const int bf16dot = BF16_DOT && P == 1 && w->q.dtype == CFLASH_DTYPE_BF16 && D % 2 == 0;
 
     struct tile_ws t;
     ws_carve(&t, wsp, R, D, Dvp);
@@ -327,7 +449,13 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
     /* Query rows, transposed and pre-scaled; padding rows are zero and fully masked. */
     float qrow[CFLASH_MAX_HEAD_DIM];
     for (int64_t r = 0; r < arows; r++) {
-        if (r < nrows) {
+        if (bf16dot) {
+            uint32_t *qt2 = (uint32_t *)(void *)t.qt;
+            const int64_t i = i0 + r / G, h = kvh * G + r % G;
+            const char *src = r < nrows ? w->q.data + (b * w->q.sb + i * w->q.st + h * w->q.sh) * 2 : NULL;
+            for (int64_t dd = 0; dd < D / 2; dd++) qt2[dd * R + r] = src ? load_u32(src + 4 * dd) : 0u;
+            if (r < nrows) t.slope[r] = w->alibi ? w->alibi[b * w->alibi_sb + h * w->alibi_sh] * LOG2E : 0.0f;
+        } else if (r < nrows) {
             const int64_t i = i0 + r / G, h = kvh * G + r % G;
             const char *src = w->q.data + (b * w->q.sb + i * w->q.st + h * w->q.sh) * (int64_t)qes;
             load_row_f32(qrow, src, w->q.dtype, D, qmul);
@@ -343,6 +471,9 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
     memset(t.o, 0, (size_t)(prows * Dvp) * sizeof(float));
 
     const float *kp[BC], *vp[BC];
+#if BF16_DOT
+    const uint16_t *kp16[BC];
+#endif
     for (int64_t si = sg->s0; si < sg->s1; si++) {
         const struct attn_slice *sl = &w->slices[si];
         const int64_t rlo = i0 > sl->q0 ? i0 : sl->q0, rhi = i1 < sl->q1 ? i1 : sl->q1;
@@ -357,6 +488,14 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
             /* Every (row, col) of the tile visible: skip the per-row clipping. */
             const int full = all_rows && c0 - (i1 - 1) >= sl->dlo && (c1 - 1) - i0 <= sl->dhi;
 
+#if BF16_DOT
+            if (bf16dot) {
+                for (int c = 0; c < ncols; c++)
+                    kp16[c] = (const uint16_t *)(const void *)(w->k.data + (b * w->k.sb + (c0 + c) * w->k.st + kvh * w->k.sh) * 2);
+                pack_v_pairs((uint32_t *)(void *)t.vb, w, b, kvh, c0, ncols, Dvp);
+                qk_tile_bf16(kp16, ncols, D, (const uint32_t *)(void *)t.qt, R, arows, t.st);
+            } else
+#endif
             for (int c = 0; c < ncols; c++) {
                 const char *kr = w->k.data + (b * w->k.sb + (c0 + c) * w->k.st + kvh * w->k.sh) * (int64_t)kes;
                 const char *vr = w->v.data + (b * w->v.sb + (c0 + c) * w->v.st + kvh * w->v.sh) * (int64_t)ves;
@@ -375,11 +514,15 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
                 }
             }
 
+            if (bf16dot) {
+                /* scores computed above */
 #if PHASES_MAX > 1
-            if (P > 1) qk_tile_phased(kp, ncols, D, t.qt, R, t.st, P);
-            else
+            } else if (P > 1) {
+                qk_tile_phased(kp, ncols, D, t.qt, R, t.st, P);
 #endif
-            qk_tile(kp, ncols, D, t.qt, R, arows, t.st);
+            } else {
+                qk_tile(kp, ncols, D, t.qt, R, arows, t.st);
+            }
 
             /* Visible columns of each row in this tile. */
             for (int64_t r = 0; r < arows; r++) {
@@ -409,6 +552,7 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
                 for (int c = 0; c < ncols; c++) {
                     float *sp = t.st + c * R + r;
                     vf s = vload(sp);
+                    if (bf16dot) s *= qmul;
                     if (softcap) s = cap2 * vtanh(s * inv_cap);
                     if (w->alibi) s -= slope * vabs((float)c - adiag);
                     if (masked) s = vsel((lo <= c) & (hi > c), s, vset1(-INFINITY));
@@ -432,6 +576,12 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
                 vstore(t.m + r, m_new);
             }
 
+#if BF16_DOT
+            if (bf16dot) {
+                pack_p_pairs(t.pp, t.st, R, arows, ncols);
+                pv_tile_bf16(t.pp, R, prows, (const uint32_t *)(void *)t.vb, ncols, t.alpha, t.o, Dvp);
+            } else
+#endif
             pv_tile(t.st, R, prows, vp, ncols, t.alpha, t.o, Dvp);
         }
     }
@@ -475,8 +625,8 @@ size_t cpu_tiled_workspace_per_thread(int64_t Hq, int64_t Hk, int64_t D, int64_t
     struct tiled_geometry g;
     tiled_geometry(&g, Hq, Hk);
     const int64_t R = g.max_rows, Dvp = round_up(Dv, 16); /* the widest VL */
-    int64_t floats = round_up(R * D, 16) + round_up(BC * D, 16) + BC * Dvp + BC * R + R * Dvp +
-                     7 * R;
+    int64_t floats = round_up(R * D, 16) + round_up(BC * D, 16) + BC * Dvp + BC * R + BC / 2 * R +
+                     R * Dvp + 7 * R;
     return (size_t)floats * sizeof(float) + 64; /* + alignment slack */
 }
 #endif
