@@ -35,8 +35,11 @@ enum cflash_status plan_sequences(struct attn_plan *plan, int64_t B, const int64
         if (lq[b] == 0) continue; /* writes nothing */
         const int64_t diag = p->align == CFLASH_ALIGN_TOP_LEFT ? 0 : lk[b] - lq[b];
         int64_t lo = -BAND_UNBOUNDED, hi = BAND_UNBOUNDED;
-        if (p->window_left >= 0) lo = diag - p->window_left;
-        if (p->window_right >= 0) hi = diag + p->window_right;
+        /* Lengths are below 2^53 (api.c), so a window of 2^55 already sees everything; the cap
+         * keeps diag -/+ window and the shift below far from int64 overflow. */
+        const int64_t cap = (int64_t)1 << 55;
+        if (p->window_left >= 0) lo = diag - (p->window_left < cap ? p->window_left : cap);
+        if (p->window_right >= 0) hi = diag + (p->window_right < cap ? p->window_right : cap);
         if (p->causal && hi > diag) hi = diag;
         const int64_t shift = ks[b] - qs[b];
         struct attn_slice *sl = &plan->slices[ns];

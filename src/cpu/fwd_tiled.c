@@ -416,6 +416,17 @@ static inline void convert_row(float *restrict dst, const char *src, enum cflash
         return;
     }
 #endif
+    if (t == CFLASH_DTYPE_BF16) { /* bf16 is the top half of an fp32: widen and shift */
+        typedef uint16_t vh __attribute__((vector_size(VL * 2), aligned(2)));
+        const uint16_t *s = (const uint16_t *)(const void *)src;
+        int64_t i = 0;
+        for (; i + VL <= n; i += VL) {
+            const vh h = *(const vh *)(s + i);
+            vstore(dst + i, (vf)(__builtin_convertvector(h, vi) << 16));
+        }
+        for (; i < n; i++) dst[i] = bf16_to_f32(s[i]);
+        return;
+    }
     load_row_f32(dst, src, t, n, 1.0f);
 }
 
@@ -607,9 +618,11 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
         } else {
             for (int64_t d = 0; d < Dv; d++) store_f32(dst, w->out.dtype, d, orow[d] * oscale);
         }
-        if (w->lse_data)
-            w->lse_data[b * w->lse_sb + h * w->lse_sh + i * w->lse_st] =
-                l > 0.0f ? (m + log2f(l)) * LN2 : -INFINITY;
+        if (w->lse_data) {
+            float lse = l > 0.0f ? (m + log2f(l)) * LN2 : -INFINITY;
+            if (w->sinks && t.m[r] == -INFINITY) lse = w->sinks[h * w->sinks_sh]; /* exactly z */
+            w->lse_data[b * w->lse_sb + h * w->lse_sh + i * w->lse_st] = lse;
+        }
     }
 }
 
