@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# scripts/test.sh - the second command: every test, one command, non-zero exit on any failure.
+#   1. Release build in build/ and its ctest (the same build scripts/setup.sh made).
+#   2. AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/ (RelWithDebInfo,
+#      -DCFLASH_SANITIZE=ON, benchmarks and examples off) and its ctest.
+#   3. (planned) pytest for the Python package.
+# Run scripts/setup.sh once first on a fresh machine (it installs the system packages).
+#
+# Environment: BUILD_DIR (default build), ASAN_BUILD_DIR (default build-asan), JOBS (default:
+# number of cores), SKIP_ASAN=1 to run only step 1 (quick local iteration; CI never sets it).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BUILD_DIR=${BUILD_DIR:-build}
+ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
+JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
+
+say() { printf '==> %s\n' "$*"; }
+
+# ---- 1. Release ------------------------------------------------------------------------------
+say "Release build: $BUILD_DIR"
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release
+cmake --build "$BUILD_DIR" -j "$JOBS"
+say "ctest (Release)"
+(cd "$BUILD_DIR" && ctest --output-on-failure --no-tests=error -j "$JOBS")
+
+# ---- 2. sanitizers ---------------------------------------------------------------------------
+if [ "${SKIP_ASAN:-0}" = 1 ]; then
+    say "SKIP_ASAN=1: skipping the sanitizer build"
+else
+    say "ASan+UBSan build: $ASAN_BUILD_DIR (RelWithDebInfo, CFLASH_SANITIZE=ON)"
+    cmake -S . -B "$ASAN_BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCFLASH_SANITIZE=ON \
+        -DCFLASH_BUILD_BENCH=OFF -DCFLASH_BUILD_EXAMPLES=OFF
+    cmake --build "$ASAN_BUILD_DIR" -j "$JOBS"
+    say "ctest (ASan+UBSan)"
+    (cd "$ASAN_BUILD_DIR" &&
+        ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+        UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        ctest --output-on-failure --no-tests=error -j "$JOBS")
+fi
+
+# ---- 3. Python tests -------------------------------------------------------------------------
+# >>> PYTEST STEP (planned, issue 5: Python backend) >>>
+# When python/ lands: build/install the extension, then e.g.
+#   python3 -m pytest -q python/tests
+# and let a failure fail this script (set -e does it).
+# <<< PYTEST STEP <<<
+
+say "all tests passed"

@@ -1,0 +1,144 @@
+/*
+ * oracle.c - the tests' own attention, written from SPEC.md sections 1-3 without looking at
+ * the library: an exact fp64 version (to check the library's reference kernel) and a naive
+ * same-precision fp16/bf16 version (to measure e_naive for the half-precision tolerance rule
+ * of SPEC 1: max abs error <= 2 * e_naive + 1e-3).
+ *
+ * What it is not: fast. It materializes one score row at a time, O(Lk) extra memory.
+ */
+#include "harness.h"
+
+#include <stdlib.h>
+
+int oracle_visible(int64_t i, int64_t j, int64_t Lq, int64_t Lk, int causal, int align,
+                   int64_t wl, int64_t wr)
+{
+    int64_t c = align == CFLASH_ALIGN_TOP_LEFT ? i : i + Lk - Lq;
+    int64_t right = wr;
+    if (causal)
+        right = 0; /* causal caps right at 0; wr is -1 (unbounded) or >= 0, so always 0 */
+    /* written as differences of small numbers: wl, wr may be as large as INT64_MAX */
+    if (right >= 0 && j - c > right)
+        return 0;
+    if (wl >= 0 && c - j > wl)
+        return 0;
+    return 1;
+}
+
+/* rounding of the naive same-precision version; identity for the exact oracle */
+static double rnd(enum cflash_dtype mode, double x)
+{
+    return mode == CFLASH_DTYPE_F32 ? x : round_to(mode, x);
+}
+
+void oracle_attn(const struct oracle_in *in, enum cflash_dtype mode, double *o, double *lse)
+{
+    const int exact = mode == CFLASH_DTYPE_F32;
+    const int64_t Hq = in->Hq, Hk = in->Hk, D = in->D, Dv = in->Dv, group = Hq / Hk;
+    int64_t maxLk = 1;
+    for (int64_t b = 0; b < in->B; b++)
+        if (in->koff[b + 1] - in->koff[b] > maxLk)
+            maxLk = in->koff[b + 1] - in->koff[b];
+    double *s = malloc((size_t)maxLk * sizeof *s);
+    char *vis = malloc((size_t)maxLk);
+    for (int64_t b = 0; b < in->B; b++) {
+        const int64_t Lq = in->qoff[b + 1] - in->qoff[b], Lk = in->koff[b + 1] - in->koff[b];
+        for (int64_t i = 0; i < Lq; i++) {
+            const int64_t tq = in->qoff[b] + i;
+            for (int64_t h = 0; h < Hq; h++) {
+                const int64_t g = h / group;
+                const double *qi = in->q + (tq * Hq + h) * D;
+                double *oi = o + (tq * Hq + h) * Dv;
+                double m = -INFINITY;
+                int any = 0;
+                for (int64_t j = 0; j < Lk; j++) {
+                    vis[j] = (char)oracle_visible(i, j, Lq, Lk, in->causal, in->align, in->wl,
+                                                  in->wr);
+                    if (!vis[j])
+                        continue;
+                    any = 1;
+                    const double *kj = in->k + ((in->koff[b] + j) * Hk + g) * D;
+                    double sj;
+                    if (exact) {
+                        double acc = 0;
+                        for (int64_t d = 0; d < D; d++)
+                            acc += qi[d] * kj[d];
+                        sj = in->scale * acc;
+                    } else {
+                        float acc = 0; /* a matmul accumulates in fp32 */
+                        for (int64_t d = 0; d < D; d++)
+                            acc += (float)qi[d] * (float)kj[d];
+                        sj = rnd(mode, rnd(mode, acc) * in->scale);
+                    }
+                    if (in->softcap > 0) {
+                        double c = in->softcap;
+                        sj = rnd(mode, c * rnd(mode, tanh(rnd(mode, sj / c))));
+                    }
+                    if (in->alibi) {
+                        double slope = in->alibi[(in->alibi_per_batch ? b * Hq : 0) + h];
+                        double dist = fabs((double)(i + Lk - Lq - j));
+                        sj = rnd(mode, sj - rnd(mode, slope * dist));
+                    }
+                    s[j] = sj;
+                    if (sj > m)
+                        m = sj;
+                }
+                double z = in->sinks ? rnd(mode, in->sinks[h]) : -INFINITY;
+                if (!any) {
+                    /* no visible key: out 0 whatever the sink; lse is the sink logit or -inf */
+                    for (int64_t d = 0; d < Dv; d++)
+                        oi[d] = 0;
+                    if (lse)
+                        lse[tq * Hq + h] = in->sinks ? in->sinks[h] : -INFINITY;
+                    continue;
+                }
+                if (z > m)
+                    m = z;
+                double sum;
+                if (exact) {
+                    sum = in->sinks ? exp(z - m) : 0;
+                    for (int64_t j = 0; j < Lk; j++)
+                        if (vis[j]) {
+                            s[j] = exp(s[j] - m);
+                            sum += s[j];
+                        }
+                } else {
+                    float acc = in->sinks ? (float)rnd(mode, exp(rnd(mode, z - m))) : 0.0f;
+                    for (int64_t j = 0; j < Lk; j++)
+                        if (vis[j]) {
+                            s[j] = rnd(mode, exp(rnd(mode, s[j] - m)));
+                            acc += (float)s[j];
+                        }
+                    sum = rnd(mode, acc);
+                }
+                if (lse)
+                    lse[tq * Hq + h] = m + log(sum);
+                if (exact) {
+                    for (int64_t d = 0; d < Dv; d++)
+                        oi[d] = 0;
+                    for (int64_t j = 0; j < Lk; j++) {
+                        if (!vis[j])
+                            continue;
+                        const double *vj = in->v + ((in->koff[b] + j) * Hk + g) * Dv;
+                        double p = s[j] / sum;
+                        for (int64_t d = 0; d < Dv; d++)
+                            oi[d] += p * vj[d];
+                    }
+                } else {
+                    for (int64_t d = 0; d < Dv; d++) {
+                        float acc = 0;
+                        for (int64_t j = 0; j < Lk; j++) {
+                            if (!vis[j])
+                                continue;
+                            const double *vj = in->v + ((in->koff[b] + j) * Hk + g) * Dv;
+                            acc += (float)rnd(mode, s[j] / sum) * (float)vj[d];
+                        }
+                        oi[d] = rnd(mode, acc);
+                    }
+                }
+            }
+        }
+    }
+    free(s);
+    free(vis);
+}
