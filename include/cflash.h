@@ -152,6 +152,64 @@ enum cflash_status cflash_attn_varlen(const struct cflash_tensor *q, const struc
                                       const struct cflash_attn_params *params);
 
 /*
+ * Range plans (SPEC.md section 4; MagiAttention / LocateAnything). A plan is a list of slices
+ * over the global packed token axes of q [Tq, Hq, D] and k, v [Tk, Hk, D|Dv]:
+ * slice n = (q_range [qs, qe), k_range [ks, ke), type). Inside a slice, with i = row - qs,
+ * j = col - ks, Lq = qe - qs, Lk = ke - ks, a key is visible when (by type):
+ *   CFLASH_RANGE_FULL         all
+ *   CFLASH_RANGE_CAUSAL       j <= i + (Lk - Lq)        (bottom-right)
+ *   CFLASH_RANGE_INV_CAUSAL   j >= i                    (top-left)
+ *   CFLASH_RANGE_BAND         i <= j <= i + (Lk - Lq)   (empty when Lq > Lk)
+ * A row's visible set is the union over the slices containing it, in one softmax; rows in no
+ * slice are empty rows (out 0, lse -inf). A (row, col) cell in two slices is an invalid plan.
+ * A plan is compiled once (validated, overlap-checked exactly, grouped by query tile) and
+ * reused across calls and layers; it does not depend on heads, dims or dtypes.
+ */
+enum cflash_range_type {
+    CFLASH_RANGE_FULL = 0,
+    CFLASH_RANGE_CAUSAL = 1,
+    CFLASH_RANGE_INV_CAUSAL = 2,
+    CFLASH_RANGE_BAND = 3
+};
+
+typedef struct cflash_range_plan *cflash_range_plan_t;
+
+/*
+ *   q_ranges, k_ranges: int32 [n, 2] ([start, end) pairs), any strides.
+ *   attn_type_map:      int32 [n] of enum cflash_range_type, or NULL (all FULL).
+ *   Tq, Tk:             the token counts of the q and k axes the plan indexes.
+ *   segment_offsets:    NULL, or int32 [G + 1] (LocateAnything's grouping): 0 first,
+ *                       non-decreasing, last = n; group g = slices [off[g], off[g + 1]), and the
+ *                       slices of one group must share one q_range (checked).
+ * On OK *plan owns the compiled plan (free with cflash_range_plan_destroy). Errors:
+ * INVALID_ARGUMENT naming the argument, the slice, and for overlaps both slices;
+ * OUT_OF_MEMORY. *plan is untouched on error.
+ */
+enum cflash_status cflash_range_plan_create(cflash_range_plan_t *plan,
+                                            const struct cflash_tensor *q_ranges,
+                                            const struct cflash_tensor *k_ranges,
+                                            const struct cflash_tensor *attn_type_map,
+                                            int64_t Tq, int64_t Tk,
+                                            const struct cflash_tensor *segment_offsets);
+void cflash_range_plan_destroy(cflash_range_plan_t plan);
+/* Number of slices kept (empty slices are dropped) and useful (visible) cells of the plan. */
+int64_t cflash_range_plan_num_slices(const struct cflash_range_plan *plan);
+int64_t cflash_range_plan_visible_cells(const struct cflash_range_plan *plan);
+
+/*
+ * Attention under a range plan: q [Tq, Hq, D], k [Tk, Hk, D], v [Tk, Hk, Dv] (or NULL: V := K),
+ * out [Tq, Hq, Dv], lse [Hq, Tq] or NULL. Tq, Tk must match the plan's. params: the plan owns
+ * the masking, so causal must be 0 and the window (-1, -1); ALiBi slopes are [Hq] (the distance
+ * uses each slice's own bottom-right diagonal); softcap, sinks, scale as usual.
+ */
+enum cflash_status cflash_attn_range(const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                     const struct cflash_tensor *v,
+                                     const struct cflash_range_plan *plan,
+                                     const struct cflash_tensor *out,
+                                     const struct cflash_tensor *lse,
+                                     const struct cflash_attn_params *params);
+
+/*
  * Merge two partial attention states over disjoint key sets (SPEC.md section 7).
  *   o1, o2, out: [T, H, Dv] (rank 3) with lse1, lse2, lse_out [H, T]; or [B, L, H, Dv] (rank 4)
  *   with lse [B, H, L]. o tensors: fp32 | fp16 | bf16 (o1, o2 one dtype; out that dtype or

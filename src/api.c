@@ -238,12 +238,13 @@ static void operand(struct attn_operand *o, const struct cflash_tensor *t, int r
     }
 }
 
-/* Fill the parts of the work shared by dense and packed, then plan and run. */
-static enum cflash_status run_attention(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
-                                        const struct cflash_tensor *v, const struct cflash_tensor *out,
-                                        const struct cflash_tensor *lse, const struct cflash_attn_params *p,
-                                        int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
-                                        const int64_t *qs, const int64_t *lq, const int64_t *ks, const int64_t *lk) {
+/* Fill the work from validated operands and a compiled list of segments and slices; run it. */
+static enum cflash_status run_work(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                   const struct cflash_tensor *v, const struct cflash_tensor *out,
+                                   const struct cflash_tensor *lse, const struct cflash_attn_params *p,
+                                   int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
+                                   const struct attn_segment *segments, int64_t num_segments,
+                                   const struct attn_slice *slices) {
     enum cflash_kernel kernel;
     CHECK(cpu_resolve_kernel(p->kernel, &kernel));
 
@@ -272,15 +273,23 @@ static enum cflash_status run_attention(int rank, const struct cflash_tensor *q,
         w.sinks_sh = p->sinks->stride[0];
     }
     w.num_threads = p->num_threads > 0 ? p->num_threads : cflash_default_num_threads();
+    w.num_segments = num_segments;
+    w.segments = segments;
+    w.slices = slices;
+    if (num_segments == 0) return CFLASH_STATUS_OK;
+    return kernel == CFLASH_KERNEL_REFERENCE ? cpu_ref_attention(&w) : cpu_tiled_attention(&w, kernel);
+}
 
+/* Per-sequence masks: plan the sequences (plan.c), then run. */
+static enum cflash_status run_attention(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                        const struct cflash_tensor *v, const struct cflash_tensor *out,
+                                        const struct cflash_tensor *lse, const struct cflash_attn_params *p,
+                                        int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
+                                        const int64_t *qs, const int64_t *lq, const int64_t *ks, const int64_t *lk) {
     struct attn_plan plan;
     CHECK(plan_sequences(&plan, B, qs, lq, ks, lk, p));
-    w.num_segments = plan.num_segments;
-    w.segments = plan.segments;
-    w.slices = plan.slices;
-    enum cflash_status st = CFLASH_STATUS_OK;
-    if (w.num_segments > 0)
-        st = kernel == CFLASH_KERNEL_REFERENCE ? cpu_ref_attention(&w) : cpu_tiled_attention(&w, kernel);
+    enum cflash_status st = run_work(rank, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, plan.segments,
+                                     plan.num_segments, plan.slices);
     plan_free(&plan);
     return st;
 }
@@ -291,7 +300,7 @@ enum cflash_status cflash_attn_dense(const struct cflash_tensor *q, const struct
                                      const struct cflash_attn_params *params) {
     const struct cflash_attn_params defaults = CFLASH_ATTN_PARAMS_INIT;
     const struct cflash_attn_params *p = params ? params : &defaults;
-    int64_t Hq, Hk, D, Dv;
+    int64_t Hq = 0, Hk = 0, D = 0, Dv = 0;
     CHECK(check_qkvo(4, q, k, v, out, &Hq, &Hk, &D, &Dv));
     const int64_t B = q->shape[0], Lq = q->shape[1], Lk = k->shape[1];
     if (lse) {
@@ -350,7 +359,7 @@ enum cflash_status cflash_attn_varlen(const struct cflash_tensor *q, const struc
                                       const struct cflash_attn_params *params) {
     const struct cflash_attn_params defaults = CFLASH_ATTN_PARAMS_INIT;
     const struct cflash_attn_params *p = params ? params : &defaults;
-    int64_t Hq, Hk, D, Dv;
+    int64_t Hq = 0, Hk = 0, D = 0, Dv = 0;
     CHECK(check_qkvo(3, q, k, v, out, &Hq, &Hk, &D, &Dv));
     const int64_t Tq = q->shape[0], Tk = k->shape[0];
     CHECK(check_cu_seqlens("cu_seqlens_q", "max_seqlen_q", cu_seqlens_q, -1, Tq, max_seqlen_q));
@@ -378,6 +387,40 @@ enum cflash_status cflash_attn_varlen(const struct cflash_tensor *q, const struc
     enum cflash_status st = run_attention(3, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, qs, lq, ks, lk);
     free(idx);
     return st;
+}
+
+/* ---- range plans ---- */
+
+enum cflash_status cflash_attn_range(const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                     const struct cflash_tensor *v,
+                                     const struct cflash_range_plan *plan,
+                                     const struct cflash_tensor *out,
+                                     const struct cflash_tensor *lse,
+                                     const struct cflash_attn_params *params) {
+    const struct cflash_attn_params defaults = CFLASH_ATTN_PARAMS_INIT;
+    const struct cflash_attn_params *p = params ? params : &defaults;
+    int64_t Hq = 0, Hk = 0, D = 0, Dv = 0;
+    CHECK(check_qkvo(3, q, k, v, out, &Hq, &Hk, &D, &Dv));
+    if (!plan) return INVALID("plan: must not be NULL");
+    const int64_t Tq = q->shape[0], Tk = k->shape[0];
+    if (Tq != plan->Tq) return INVALID("q: the plan was made for Tq = %lld tokens, q has %lld", (long long)plan->Tq, (long long)Tq);
+    if (Tk != plan->Tk) return INVALID("k: the plan was made for Tk = %lld tokens, k has %lld", (long long)plan->Tk, (long long)Tk);
+    if (lse) {
+        CHECK(check_tensor("lse", lse, 2));
+        CHECK(check_dtype("lse", lse, CFLASH_DTYPE_F32));
+        CHECK(check_dim("lse", lse, 0, Hq, "Hq"));
+        CHECK(check_dim("lse", lse, 1, Tq, "Tq"));
+        CHECK(check_output_layout("lse", lse));
+    }
+    if (p->causal) return INVALID("causal: must be 0 with a range plan (the plan's types set the masks)");
+    if (p->window_left != -1 || p->window_right != -1)
+        return INVALID("window_left: the window must be (-1, -1) with a range plan");
+    if (p->alibi_slopes && p->alibi_slopes->ndim != 1)
+        return INVALID("alibi_slopes: must have shape [Hq] with a range plan");
+    CHECK(check_params(p, 1, Hq));
+    if (Tq == 0) return CFLASH_STATUS_OK;
+    return run_work(3, q, k, v, out, lse, p, 1, Hq, Hk, D, Dv, plan->segments, plan->num_segments,
+                    plan->slices);
 }
 
 /* ---- merge ---- */

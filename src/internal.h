@@ -84,6 +84,17 @@ enum cflash_status plan_sequences(struct attn_plan *plan, int64_t B, const int64
                                   const struct cflash_attn_params *p);
 void plan_free(struct attn_plan *plan);
 
+/* ---- range.c: a compiled range plan (public handle cflash_range_plan_t) ---- */
+#define RANGE_BLOCK_ROWS 128 /* rows per segment: the largest query tile (tiled_geometry) */
+struct cflash_range_plan {
+    int64_t Tq, Tk;
+    int64_t num_slices;          /* distinct non-empty slices */
+    struct attn_slice *unique;   /* [num_slices], sorted by (q0, k0) */
+    int64_t num_segments;        /* ceil(Tq / RANGE_BLOCK_ROWS) row blocks */
+    struct attn_segment *segments;
+    struct attn_slice *slices;   /* per segment, copies of the slices that intersect it */
+};
+
 /* ---- threads.c: run fn(ctx, item, thread) for item in [0, n) on num_threads threads ---- */
 typedef void (*parallel_fn)(void *ctx, int64_t item, int32_t thread);
 enum cflash_status cpu_parallel_for(int32_t num_threads, int64_t n, parallel_fn fn, void *ctx);

@@ -1,0 +1,233 @@
+/*
+ * range.c - compiles a MagiAttention-style range plan into segments and slices (internal.h).
+ *
+ * Each plan slice (q_range, k_range, type) becomes one attn_slice in global coordinates: the
+ * type's local band (full: none; causal: j - i <= Lk - Lq; inverse causal: j - i >= 0; band:
+ * both) shifted by ks - qs. Overlap detection is exact: two slices share a cell iff the
+ * intersection of their rectangles and bands is non-empty, an O(1) test (overlap_cell); the
+ * candidate pairs are those whose row ranges overlap, found by a sweep over slices sorted by
+ * first row, and filtered by column overlap before the exact test. Rows are then grouped into
+ * blocks of RANGE_BLOCK_ROWS; each block is a segment listing copies of the slices that
+ * intersect it, so the kernels see the same structure as for dense and packed inputs.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define INVALID(...) cflash_set_error(CFLASH_STATUS_INVALID_ARGUMENT, __VA_ARGS__)
+
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Does the intersection of slices a and b (rectangle and band) contain a cell? With b == a:
+ * is a non-empty. Rows [r0, r1) x cols [c0, c1) reach every diagonal col - row in
+ * [c0 - (r1 - 1), (c1 - 1) - r0]; the bands must meet it. */
+static int overlap_cell(const struct attn_slice *a, const struct attn_slice *b) {
+    const int64_t r0 = max64(a->q0, b->q0), r1 = min64(a->q1, b->q1);
+    const int64_t c0 = max64(a->k0, b->k0), c1 = min64(a->k1, b->k1);
+    if (r0 >= r1 || c0 >= c1) return 0;
+    const int64_t d0 = max64(max64(a->dlo, b->dlo), c0 - (r1 - 1));
+    const int64_t d1 = min64(min64(a->dhi, b->dhi), (c1 - 1) - r0);
+    return d0 <= d1;
+}
+
+struct keyed { int64_t q0, k0, index, kept; }; /* index: in the caller's list; kept: in `all` */
+
+static int keyed_cmp(const void *x, const void *y) {
+    const struct keyed *a = x, *b = y;
+    if (a->q0 != b->q0) return a->q0 < b->q0 ? -1 : 1;
+    if (a->k0 != b->k0) return a->k0 < b->k0 ? -1 : 1;
+    return a->index < b->index ? -1 : a->index > b->index;
+}
+
+static const char *type_name(int32_t t) {
+    static const char *names[] = {"full", "causal", "inverse causal", "band"};
+    return t >= 0 && t <= 3 ? names[t] : "unknown";
+}
+
+/* element (n, c) of an int32 [n, 2] or [n] tensor */
+static inline int32_t at(const struct cflash_tensor *t, int64_t n, int c) {
+    const int32_t *p = t->data;
+    return p[n * t->stride[0] + (t->ndim == 2 ? c * t->stride[1] : 0)];
+}
+
+static enum cflash_status check_int_tensor(const char *name, const struct cflash_tensor *t,
+                                           int ndim, int64_t n, int64_t cols) {
+    if (!t) return INVALID("%s: must not be NULL", name);
+    if (t->ndim != ndim) return INVALID("%s: must have %d dimensions, got %d", name, ndim, (int)t->ndim);
+    if (t->dtype != CFLASH_DTYPE_I32) return INVALID("%s: dtype must be int32", name);
+    if (t->device != CFLASH_DEVICE_CPU) return INVALID("%s: range plans are built from host (CPU) memory", name);
+    if (n >= 0 && t->shape[0] != n)
+        return INVALID("%s: shape[0] must be %lld, got %lld", name, (long long)n, (long long)t->shape[0]);
+    if (t->shape[0] < 0 || t->shape[0] > ((int64_t)1 << 40)) return INVALID("%s: bad shape[0] %lld", name, (long long)t->shape[0]);
+    if (ndim == 2 && t->shape[1] != cols)
+        return INVALID("%s: shape[1] must be %lld, got %lld", name, (long long)cols, (long long)t->shape[1]);
+    if (t->shape[0] > 0 && !t->data) return INVALID("%s: data is NULL", name);
+    return CFLASH_STATUS_OK;
+}
+
+enum cflash_status cflash_range_plan_create(cflash_range_plan_t *out_plan,
+                                            const struct cflash_tensor *q_ranges,
+                                            const struct cflash_tensor *k_ranges,
+                                            const struct cflash_tensor *attn_type_map,
+                                            int64_t Tq, int64_t Tk,
+                                            const struct cflash_tensor *segment_offsets) {
+    enum cflash_status st;
+    if (!out_plan) return INVALID("plan: must not be NULL");
+    if (Tq < 0 || Tq > ((int64_t)1 << 40)) return INVALID("Tq: must be in [0, 2^40], got %lld", (long long)Tq);
+    if (Tk < 0 || Tk > ((int64_t)1 << 40)) return INVALID("Tk: must be in [0, 2^40], got %lld", (long long)Tk);
+    if ((st = check_int_tensor("q_ranges", q_ranges, 2, -1, 2))) return st;
+    const int64_t n = q_ranges->shape[0];
+    if ((st = check_int_tensor("k_ranges", k_ranges, 2, n, 2))) return st;
+    if (attn_type_map && (st = check_int_tensor("attn_type_map", attn_type_map, 1, n, 1))) return st;
+
+    /* every slice: ranges inside the axes, ordered, a known type */
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t qs = at(q_ranges, i, 0), qe = at(q_ranges, i, 1);
+        const int64_t ks = at(k_ranges, i, 0), ke = at(k_ranges, i, 1);
+        if (qs < 0 || qs > qe || qe > Tq)
+            return INVALID("q_ranges: slice %lld [%lld, %lld) must satisfy 0 <= start <= end <= Tq = %lld", (long long)i, (long long)qs, (long long)qe, (long long)Tq);
+        if (ks < 0 || ks > ke || ke > Tk)
+            return INVALID("k_ranges: slice %lld [%lld, %lld) must satisfy 0 <= start <= end <= Tk = %lld", (long long)i, (long long)ks, (long long)ke, (long long)Tk);
+        if (attn_type_map) {
+            const int32_t t = at(attn_type_map, i, 0);
+            if (t < 0 || t > 3) return INVALID("attn_type_map: slice %lld has type %d (0 full, 1 causal, 2 inverse causal, 3 band)", (long long)i, (int)t);
+        }
+    }
+    if (segment_offsets) {
+        if ((st = check_int_tensor("segment_offsets", segment_offsets, 1, -1, 1))) return st;
+        const int64_t g = segment_offsets->shape[0];
+        if (g < 1 || at(segment_offsets, 0, 0) != 0 || at(segment_offsets, g - 1, 0) != n)
+            return INVALID("segment_offsets: must start at 0 and end at the slice count %lld", (long long)n);
+        for (int64_t s = 0; s + 1 < g; s++) {
+            const int64_t a = at(segment_offsets, s, 0), b = at(segment_offsets, s + 1, 0);
+            if (b < a) return INVALID("segment_offsets: must be non-decreasing (entry %lld)", (long long)(s + 1));
+            for (int64_t i = a + 1; i < b; i++)
+                if (at(q_ranges, i, 0) != at(q_ranges, a, 0) || at(q_ranges, i, 1) != at(q_ranges, a, 1))
+                    return INVALID("segment_offsets: group %lld mixes q_ranges (slice %lld differs from slice %lld)", (long long)s, (long long)i, (long long)a);
+        }
+    }
+
+    struct cflash_range_plan *plan = calloc(1, sizeof *plan);
+    struct attn_slice *all = malloc(sizeof *all * (size_t)(n > 0 ? n : 1));
+    struct keyed *order = malloc(sizeof *order * (size_t)(n > 0 ? n : 1));
+    if (!plan || !all || !order) {
+        free(plan); free(all); free(order);
+        return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "plan: out of memory");
+    }
+    plan->Tq = Tq;
+    plan->Tk = Tk;
+
+    /* global slices; empty ones are dropped */
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t qs = at(q_ranges, i, 0), qe = at(q_ranges, i, 1);
+        const int64_t ks = at(k_ranges, i, 0), ke = at(k_ranges, i, 1);
+        const int32_t type = attn_type_map ? at(attn_type_map, i, 0) : CFLASH_RANGE_FULL;
+        const int64_t shift = ks - qs, diag = (ke - ks) - (qe - qs);
+        struct attn_slice s = {qs, qe, ks, ke, -BAND_UNBOUNDED, BAND_UNBOUNDED, shift + diag};
+        if (type == CFLASH_RANGE_CAUSAL || type == CFLASH_RANGE_BAND) s.dhi = diag + shift;
+        if (type == CFLASH_RANGE_INV_CAUSAL || type == CFLASH_RANGE_BAND) s.dlo = shift;
+        if (!overlap_cell(&s, &s)) continue;
+        all[m] = s;
+        order[m].q0 = qs;
+        order[m].k0 = ks;
+        order[m].index = i;
+        order[m].kept = m;
+        m++;
+    }
+    qsort(order, (size_t)m, sizeof *order, keyed_cmp);
+
+    /* sorted by first row, then first key */
+    plan->unique = malloc(sizeof *plan->unique * (size_t)(m > 0 ? m : 1));
+    if (!plan->unique) goto oom;
+    for (int64_t a = 0; a < m; a++) plan->unique[a] = all[order[a].kept];
+    plan->num_slices = m;
+    /* exact overlap test on every pair whose rows and columns overlap */
+    for (int64_t a = 0; a < m; a++) {
+        const struct attn_slice *sa = &plan->unique[a];
+        for (int64_t b = a + 1; b < m && plan->unique[b].q0 < sa->q1; b++) {
+            const struct attn_slice *sb = &plan->unique[b];
+            if (sb->k0 >= sa->k1 || sb->k1 <= sa->k0) continue;
+            if (overlap_cell(sa, sb)) {
+                const int64_t ia = order[a].index, ib = order[b].index;
+                const int64_t lo = ia < ib ? ia : ib, hi = ia < ib ? ib : ia;
+                const int32_t tl = attn_type_map ? at(attn_type_map, lo, 0) : 0;
+                const int32_t th = attn_type_map ? at(attn_type_map, hi, 0) : 0;
+                cflash_range_plan_destroy(plan);
+                free(all); free(order);
+                return INVALID("q_ranges: slices %lld (q [%d, %d) k [%d, %d) %s) and %lld (q [%d, %d) k [%d, %d) %s) cover a common (row, col) cell",
+                               (long long)lo, at(q_ranges, lo, 0), at(q_ranges, lo, 1), at(k_ranges, lo, 0), at(k_ranges, lo, 1), type_name(tl),
+                               (long long)hi, at(q_ranges, hi, 0), at(q_ranges, hi, 1), at(k_ranges, hi, 0), at(k_ranges, hi, 1), type_name(th));
+            }
+        }
+    }
+    free(all);
+    free(order);
+    all = NULL;
+    order = NULL;
+
+    /* group by row blocks: count, prefix, fill */
+    const int64_t nb = (Tq + RANGE_BLOCK_ROWS - 1) / RANGE_BLOCK_ROWS;
+    plan->num_segments = nb;
+    plan->segments = calloc((size_t)(nb > 0 ? nb : 1), sizeof *plan->segments);
+    if (!plan->segments) goto oom;
+    int64_t total = 0;
+    for (int64_t a = 0; a < m; a++) {
+        const struct attn_slice *s = &plan->unique[a];
+        total += (s->q1 - 1) / RANGE_BLOCK_ROWS - s->q0 / RANGE_BLOCK_ROWS + 1;
+        for (int64_t blk = s->q0 / RANGE_BLOCK_ROWS; blk <= (s->q1 - 1) / RANGE_BLOCK_ROWS; blk++)
+            plan->segments[blk].s1++; /* count for now */
+    }
+    plan->slices = malloc(sizeof *plan->slices * (size_t)(total > 0 ? total : 1));
+    if (!plan->slices) goto oom;
+    int64_t acc = 0;
+    for (int64_t blk = 0; blk < nb; blk++) {
+        struct attn_segment *sg = &plan->segments[blk];
+        const int64_t cnt = sg->s1;
+        sg->b = 0;
+        sg->q0 = blk * RANGE_BLOCK_ROWS;
+        sg->q1 = min64(Tq, sg->q0 + RANGE_BLOCK_ROWS);
+        sg->s0 = sg->s1 = acc; /* s1 advances while filling */
+        acc += cnt;
+    }
+    for (int64_t a = 0; a < m; a++) {
+        const struct attn_slice *s = &plan->unique[a];
+        for (int64_t blk = s->q0 / RANGE_BLOCK_ROWS; blk <= (s->q1 - 1) / RANGE_BLOCK_ROWS; blk++)
+            plan->slices[plan->segments[blk].s1++] = *s;
+    }
+    *out_plan = plan;
+    return CFLASH_STATUS_OK;
+
+oom:
+    free(all);
+    free(order);
+    cflash_range_plan_destroy(plan);
+    return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "plan: out of memory");
+}
+
+void cflash_range_plan_destroy(cflash_range_plan_t plan) {
+    if (!plan) return;
+    free(plan->unique);
+    free(plan->segments);
+    free(plan->slices);
+    free(plan);
+}
+
+int64_t cflash_range_plan_num_slices(const struct cflash_range_plan *plan) {
+    return plan ? plan->num_slices : 0;
+}
+
+int64_t cflash_range_plan_visible_cells(const struct cflash_range_plan *plan) {
+    if (!plan) return 0;
+    int64_t cells = 0;
+    for (int64_t a = 0; a < plan->num_slices; a++) {
+        const struct attn_slice *s = &plan->unique[a];
+        for (int64_t r = s->q0; r < s->q1; r++) {
+            const int64_t lo = max64(s->k0, r + s->dlo), hi = min64(s->k1, r + s->dhi + 1);
+            if (hi > lo) cells += hi - lo;
+        }
+    }
+    return cells;
+}
