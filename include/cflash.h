@@ -94,6 +94,23 @@ struct cflash_tensor {
     int32_t device_id;
 };
 
+/* Where a boolean mask or an additive bias comes from (SPEC.md section 5). Hv in {1, Hk, Hq};
+ * query head h reads variant h / (Hq / Hv). Strides are free (a (Hv, Tk) storage is the
+ * key-side layout transposed).
+ *   DENSE       [B or 1, Hv, Lq or 1, Lk or 1], element [b, var, i, j] in the sequence's local
+ *               coordinates; size-1 axes broadcast. Packed calls: the Lq / Lk axes must be 1 or
+ *               at least the longest sequence.
+ *   KEY_SIDE    packed calls only: [Tk, Hv], element [cu_k[b] + j, var] for every query of b.
+ *   QUERY_SIDE  packed calls only: [Tq, Hv, max_seqlen_k], element [cu_q[b] + i, var, j];
+ *               columns j >= Lk_b are ignored; the last axis must be >= the longest key run.
+ * Masks: uint8 (bool), nonzero = keep, ANDed with every other rule. Biases: fp32, fp16 or
+ * bf16, added to the score after the softcap, unscaled. */
+enum cflash_layout {
+    CFLASH_LAYOUT_DENSE = 0,
+    CFLASH_LAYOUT_KEY_SIDE = 1,
+    CFLASH_LAYOUT_QUERY_SIDE = 2
+};
+
 /* Options of one attention call. Start from cflash_attn_params_default() (or
  * CFLASH_ATTN_PARAMS_INIT): a zeroed struct is NOT the default (the window would be (0, 0)). */
 struct cflash_attn_params {
@@ -107,10 +124,15 @@ struct cflash_attn_params {
     const struct cflash_tensor *sinks;        /* NULL, or fp32 [Hq]: one sink logit per head */
     int32_t num_threads;      /* 0: CFLASH_NUM_THREADS, else the machine's core count */
     enum cflash_kernel kernel;
+    const struct cflash_tensor *mask; /* NULL, or uint8 in mask_layout (keep = nonzero) */
+    enum cflash_layout mask_layout;
+    const struct cflash_tensor *bias; /* NULL, or fp32/fp16/bf16 in bias_layout */
+    enum cflash_layout bias_layout;
 };
 
-#define CFLASH_ATTN_PARAMS_INIT \
-    { 0.0f, 0.0f, 0, CFLASH_ALIGN_BOTTOM_RIGHT, -1, -1, NULL, NULL, 0, CFLASH_KERNEL_AUTO }
+#define CFLASH_ATTN_PARAMS_INIT                                                                 \
+    { 0.0f, 0.0f, 0, CFLASH_ALIGN_BOTTOM_RIGHT, -1, -1, NULL, NULL, 0, CFLASH_KERNEL_AUTO, NULL, \
+      CFLASH_LAYOUT_DENSE, NULL, CFLASH_LAYOUT_DENSE }
 
 struct cflash_attn_params cflash_attn_params_default(void);
 

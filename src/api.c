@@ -183,6 +183,58 @@ static enum cflash_status check_params(const struct cflash_attn_params *p, int64
     return CFLASH_STATUS_OK;
 }
 
+/* A mask or bias (SPEC.md section 5): dtype, layout and shape for this call; fills `src`.
+ * packed: 0 for dense calls (layout DENSE, [B|1, Hv, Lq|1, Lk|1] exactly), 1 for packed calls
+ * (Lq / Lk = the longest sequences; Tq, Tk the token counts). */
+static enum cflash_status check_scoresrc(const char *name, const struct cflash_tensor *t,
+                                         enum cflash_layout layout, int is_mask, int packed,
+                                         int64_t B, int64_t Hq, int64_t Hk, int64_t Lq, int64_t Lk,
+                                         int64_t Tq, int64_t Tk, struct attn_scoresrc *src) {
+    memset(src, 0, sizeof *src);
+    if (!t) return CFLASH_STATUS_OK;
+    const int ndim = layout == CFLASH_LAYOUT_DENSE ? 4 : layout == CFLASH_LAYOUT_KEY_SIDE ? 2 : 3;
+    if ((unsigned)layout > CFLASH_LAYOUT_QUERY_SIDE) return INVALID("%s: unknown layout %d", name, (int)layout);
+    if (layout != CFLASH_LAYOUT_DENSE && !packed)
+        return INVALID("%s: the key-side and query-side layouts are for packed (varlen) calls; dense calls use the DENSE layout", name);
+    CHECK(check_tensor(name, t, ndim));
+    if (is_mask && t->dtype != CFLASH_DTYPE_U8) return INVALID("%s: dtype must be uint8/bool (nonzero = keep), got %s", name, dtype_name(t->dtype));
+    if (!is_mask && !is_float_dtype(t->dtype)) return INVALID("%s: dtype must be float32, float16 or bfloat16, got %s", name, dtype_name(t->dtype));
+    const int ha = 1; /* the heads axis, in every layout */
+    const int64_t Hv = t->shape[ha];
+    if (Hv != 1 && Hv != Hk && Hv != Hq)
+        return INVALID("%s: shape[%d] (head variants Hv) must be 1, Hk (%lld) or Hq (%lld), got %lld", name, ha, (long long)Hk, (long long)Hq, (long long)Hv);
+    src->data = t->data;
+    src->dtype = t->dtype;
+    src->hdiv = Hq / Hv;
+    src->sh = Hv > 1 ? t->stride[ha] : 0;
+    if (layout == CFLASH_LAYOUT_DENSE) {
+        const int64_t want[4] = {B, Hv, Lq, Lk};
+        const char *what[4] = {"B", "Hv", packed ? "the longest query sequence" : "Lq", packed ? "the longest key sequence" : "Lk"};
+        for (int a = 0; a < 4; a += (a == 0 ? 2 : 1)) {
+            const int64_t n = t->shape[a];
+            if (n == 1) continue;
+            if (packed && a >= 2 ? n < want[a] : n != want[a])
+                return INVALID("%s: shape[%d] must be 1 or %s%s (%lld), got %lld", name, a, packed && a >= 2 ? ">= " : "", what[a], (long long)want[a], (long long)n);
+        }
+        src->sb = t->shape[0] > 1 ? t->stride[0] : 0;
+        src->sq = t->shape[2] > 1 ? t->stride[2] : 0;
+        src->sk = t->shape[3] > 1 ? t->stride[3] : 0;
+        src->q_local = src->k_local = 1;
+    } else if (layout == CFLASH_LAYOUT_KEY_SIDE) {
+        if (t->shape[0] != Tk) return INVALID("%s: key-side layout [Tk, Hv]: shape[0] must be Tk = %lld, got %lld", name, (long long)Tk, (long long)t->shape[0]);
+        src->sk = t->stride[0];
+        src->k_local = 0;
+    } else {
+        if (t->shape[0] != Tq) return INVALID("%s: query-side layout [Tq, Hv, max_seqlen_k]: shape[0] must be Tq = %lld, got %lld", name, (long long)Tq, (long long)t->shape[0]);
+        if (t->shape[2] < Lk) return INVALID("%s: query-side layout: shape[2] must be >= the longest key sequence (%lld), got %lld", name, (long long)Lk, (long long)t->shape[2]);
+        src->sq = t->stride[0];
+        src->sk = t->stride[2];
+        src->q_local = 0;
+        src->k_local = 1;
+    }
+    return CFLASH_STATUS_OK;
+}
+
 /* q, k, v, out: shared rules of dense (rank 4, seq axis 1) and packed (rank 3, seq axis 0).
  * Fills Hq, Hk, D, Dv. */
 static enum cflash_status check_qkvo(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
@@ -244,7 +296,8 @@ static enum cflash_status run_work(int rank, const struct cflash_tensor *q, cons
                                    const struct cflash_tensor *lse, const struct cflash_attn_params *p,
                                    int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
                                    const struct attn_segment *segments, int64_t num_segments,
-                                   const struct attn_slice *slices) {
+                                   const struct attn_slice *slices, const struct attn_scoresrc *mask,
+                                   const struct attn_scoresrc *bias) {
     enum cflash_kernel kernel;
     CHECK(cpu_resolve_kernel(p->kernel, &kernel));
 
@@ -273,6 +326,8 @@ static enum cflash_status run_work(int rank, const struct cflash_tensor *q, cons
         w.sinks_sh = p->sinks->stride[0];
     }
     w.num_threads = p->num_threads > 0 ? p->num_threads : cflash_default_num_threads();
+    if (mask) w.mask = *mask;
+    if (bias) w.bias = *bias;
     w.num_segments = num_segments;
     w.segments = segments;
     w.slices = slices;
@@ -285,11 +340,12 @@ static enum cflash_status run_attention(int rank, const struct cflash_tensor *q,
                                         const struct cflash_tensor *v, const struct cflash_tensor *out,
                                         const struct cflash_tensor *lse, const struct cflash_attn_params *p,
                                         int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
-                                        const int64_t *qs, const int64_t *lq, const int64_t *ks, const int64_t *lk) {
+                                        const int64_t *qs, const int64_t *lq, const int64_t *ks, const int64_t *lk,
+                                        const struct attn_scoresrc *mask, const struct attn_scoresrc *bias) {
     struct attn_plan plan;
     CHECK(plan_sequences(&plan, B, qs, lq, ks, lk, p));
     enum cflash_status st = run_work(rank, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, plan.segments,
-                                     plan.num_segments, plan.slices);
+                                     plan.num_segments, plan.slices, mask, bias);
     plan_free(&plan);
     return st;
 }
@@ -312,13 +368,16 @@ enum cflash_status cflash_attn_dense(const struct cflash_tensor *q, const struct
         CHECK(check_output_layout("lse", lse));
     }
     CHECK(check_params(p, B, Hq));
+    struct attn_scoresrc mask, bias;
+    CHECK(check_scoresrc("mask", p->mask, p->mask_layout, 1, 0, B, Hq, Hk, Lq, Lk, 0, 0, &mask));
+    CHECK(check_scoresrc("bias", p->bias, p->bias_layout, 0, 0, B, Hq, Hk, Lq, Lk, 0, 0, &bias));
     if (B == 0 || Lq == 0) return CFLASH_STATUS_OK;
 
     int64_t *idx = malloc(sizeof(int64_t) * 4 * (size_t)B);
     if (!idx) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "plan: out of memory");
     int64_t *qs = idx, *lq = idx + B, *ks = idx + 2 * B, *lk = idx + 3 * B;
     for (int64_t b = 0; b < B; b++) { qs[b] = 0; lq[b] = Lq; ks[b] = 0; lk[b] = Lk; }
-    enum cflash_status st = run_attention(4, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, qs, lq, ks, lk);
+    enum cflash_status st = run_attention(4, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, qs, lq, ks, lk, &mask, &bias);
     free(idx);
     return st;
 }
@@ -373,18 +432,26 @@ enum cflash_status cflash_attn_varlen(const struct cflash_tensor *q, const struc
         CHECK(check_output_layout("lse", lse));
     }
     CHECK(check_params(p, B, Hq));
+    const int32_t *cq = cu_seqlens_q->data, *ck = cu_seqlens_k->data;
+    const int64_t sq = cu_seqlens_q->stride[0], sk = cu_seqlens_k->stride[0];
+    int64_t maxq = 0, maxk = 0;
+    for (int64_t b = 0; b < B; b++) {
+        maxq = cq[(b + 1) * sq] - cq[b * sq] > maxq ? cq[(b + 1) * sq] - cq[b * sq] : maxq;
+        maxk = ck[(b + 1) * sk] - ck[b * sk] > maxk ? ck[(b + 1) * sk] - ck[b * sk] : maxk;
+    }
+    struct attn_scoresrc mask, bias;
+    CHECK(check_scoresrc("mask", p->mask, p->mask_layout, 1, 1, B, Hq, Hk, maxq, maxk, Tq, Tk, &mask));
+    CHECK(check_scoresrc("bias", p->bias, p->bias_layout, 0, 1, B, Hq, Hk, maxq, maxk, Tq, Tk, &bias));
     if (B == 0 || Tq == 0) return CFLASH_STATUS_OK;
 
     int64_t *idx = malloc(sizeof(int64_t) * 4 * (size_t)B);
     if (!idx) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "plan: out of memory");
     int64_t *qs = idx, *lq = idx + B, *ks = idx + 2 * B, *lk = idx + 3 * B;
-    const int32_t *cq = cu_seqlens_q->data, *ck = cu_seqlens_k->data;
-    const int64_t sq = cu_seqlens_q->stride[0], sk = cu_seqlens_k->stride[0];
     for (int64_t b = 0; b < B; b++) {
         qs[b] = cq[b * sq]; lq[b] = cq[(b + 1) * sq] - qs[b];
         ks[b] = ck[b * sk]; lk[b] = ck[(b + 1) * sk] - ks[b];
     }
-    enum cflash_status st = run_attention(3, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, qs, lq, ks, lk);
+    enum cflash_status st = run_attention(3, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, qs, lq, ks, lk, &mask, &bias);
     free(idx);
     return st;
 }
@@ -418,9 +485,11 @@ enum cflash_status cflash_attn_range(const struct cflash_tensor *q, const struct
     if (p->alibi_slopes && p->alibi_slopes->ndim != 1)
         return INVALID("alibi_slopes: must have shape [Hq] with a range plan");
     CHECK(check_params(p, 1, Hq));
+    if (p->mask || p->bias)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: masks and biases with range plans are not implemented yet", p->mask ? "mask" : "bias");
     if (Tq == 0) return CFLASH_STATUS_OK;
     return run_work(3, q, k, v, out, lse, p, 1, Hq, Hk, D, Dv, plan->segments, plan->num_segments,
-                    plan->slices);
+                    plan->slices, NULL, NULL);
 }
 
 /* ---- merge ---- */

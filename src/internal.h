@@ -32,6 +32,7 @@ struct attn_slice {
 
 struct attn_segment {
     int64_t b;          /* batch index: pointer offset b * stride_b, ALiBi [B, Hq] row */
+    int64_t qorg, korg; /* the sequence's first row and key: origin of local mask/bias coords */
     int64_t q0, q1;     /* the rows this segment owns (every row is written exactly once) */
     int64_t s0, s1;     /* its slices: work->slices[s0 .. s1) */
 };
@@ -41,6 +42,17 @@ struct attn_operand {
     char *data;
     enum cflash_dtype dtype;
     int64_t sb, st, sh; /* batch, token, head strides (elements); head-dim stride is 1 */
+};
+
+/* A mask or bias source: element (b, h, row, col) at
+ *   data[b * sb + (h / hdiv) * sh + (row - (q_local ? qorg : 0)) * sq + (col - (k_local ? korg : 0)) * sk]
+ * (broadcast axes have stride 0). Every layout of SPEC.md section 5 is this with other strides
+ * and origins. */
+struct attn_scoresrc {
+    const char *data;   /* NULL: absent */
+    enum cflash_dtype dtype;
+    int64_t sb, sh, sq, sk, hdiv;
+    int q_local, k_local;
 };
 
 struct attn_work {
@@ -56,6 +68,8 @@ struct attn_work {
     int64_t alibi_sb, alibi_sh;
     const float *sinks; /* NULL or sink logit of head h at sinks[h * sinks_sh] */
     int64_t sinks_sh;
+
+    struct attn_scoresrc mask, bias;
 
     int64_t num_segments;
     const struct attn_segment *segments;
@@ -83,6 +97,13 @@ enum cflash_status plan_sequences(struct attn_plan *plan, int64_t B, const int64
                                   const int64_t *lq, const int64_t *ks, const int64_t *lk,
                                   const struct cflash_attn_params *p);
 void plan_free(struct attn_plan *plan);
+
+/* Offset of element (b, h, row, col) of a mask/bias source for segment sg. */
+static inline int64_t scoresrc_offset(const struct attn_scoresrc *m, const struct attn_segment *sg,
+                                      int64_t h, int64_t row, int64_t col) {
+    return sg->b * m->sb + (h / m->hdiv) * m->sh + (row - (m->q_local ? sg->qorg : 0)) * m->sq +
+           (col - (m->k_local ? sg->korg : 0)) * m->sk;
+}
 
 /* ---- range.c: a compiled range plan (public handle cflash_range_plan_t) ---- */
 #define RANGE_BLOCK_ROWS 128 /* rows per segment: the largest query tile (tiled_geometry) */

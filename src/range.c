@@ -187,6 +187,7 @@ enum cflash_status cflash_range_plan_create(cflash_range_plan_t *out_plan,
         struct attn_segment *sg = &plan->segments[blk];
         const int64_t cnt = sg->s1;
         sg->b = 0;
+        sg->qorg = sg->korg = 0; /* plans index the global axes */
         sg->q0 = blk * RANGE_BLOCK_ROWS;
         sg->q1 = min64(Tq, sg->q0 + RANGE_BLOCK_ROWS);
         sg->s0 = sg->s1 = acc; /* s1 advances while filling */

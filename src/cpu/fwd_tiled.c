@@ -430,6 +430,57 @@ static inline void convert_row(float *restrict dst, const char *src, enum cflash
     load_row_f32(dst, src, t, n, 1.0f);
 }
 
+/* The vector score rules of VL rows at key c: the bf16 path's deferred scale, softcap,
+ * ALiBi, and the per-row visible interval [lo, hi). */
+static inline __attribute__((always_inline)) vf score_rules(
+    vf s, int c, const int32_t *lo_p, const int32_t *hi_p, const float *slope_p,
+    const float *adiag_p, int bf16dot, float qmul, int softcap, float cap2, float inv_cap,
+    int alibi, int masked) {
+    if (bf16dot) s *= qmul;
+    if (softcap) s = cap2 * vtanh(s * inv_cap);
+    if (alibi) s -= vload(slope_p) * vabs((float)c - vload(adiag_p));
+    if (masked) {
+        vi lo, hi;
+        memcpy(&lo, lo_p, sizeof lo);
+        memcpy(&hi, hi_p, sizeof hi);
+        s = vsel((lo <= c) & (hi > c), s, vset1(-INFINITY));
+    }
+    return s;
+}
+
+/* Does any row of the tile keep any of its columns under the boolean mask? A tile with none
+ * is skipped before K and V are touched. */
+static int mask_tile_any(const struct attn_work *w, const struct attn_segment *sg, int64_t kvh,
+                         int64_t G, int64_t i0, int64_t nrows, int64_t c0, int ncols) {
+    const struct attn_scoresrc *m = &w->mask;
+    for (int64_t r = 0; r < nrows; r++) {
+        const int64_t off = scoresrc_offset(m, sg, kvh * G + r % G, i0 + r / G, c0);
+        for (int c = 0; c < ncols; c++)
+            if (m->data[off + c * m->sk]) return 1;
+        if (m->sq == 0 && r + 1 >= G) break; /* key-side: rows differ only by head */
+    }
+    return 0;
+}
+
+/* Boolean mask (-inf where 0) and additive bias (times log2 e: scores are base 2) on the
+ * visible columns [lo, hi) of every row, after the softcap. */
+static void apply_mask_bias(const struct attn_work *w, const struct attn_segment *sg, int64_t kvh,
+                            int64_t G, int64_t i0, int64_t nrows, int64_t c0, const int32_t *lo,
+                            const int32_t *hi, float *st, int64_t R) {
+    const struct attn_scoresrc *m = &w->mask, *bs = &w->bias;
+    for (int64_t r = 0; r < nrows; r++) {
+        if (lo[r] >= hi[r]) continue;
+        const int64_t h = kvh * G + r % G, i = i0 + r / G;
+        const int64_t moff = m->data ? scoresrc_offset(m, sg, h, i, c0) : 0;
+        const int64_t boff = bs->data ? scoresrc_offset(bs, sg, h, i, c0) : 0;
+        for (int c = lo[r]; c < hi[r]; c++) {
+            float *sp = st + c * R + r;
+            if (m->data && !m->data[moff + c * m->sk]) *sp = -INFINITY;
+            else if (bs->data) *sp += LOG2E * load_f32(bs->data, bs->dtype, boff + c * bs->sk);
+        }
+    }
+}
+
 void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry *g, int64_t seg,
                          int64_t kvh, int64_t tile, void *wsp) {
     const int64_t D = w->D, Dv = w->Dv, G = w->Hq / w->Hk, R = g->max_rows;
@@ -498,6 +549,7 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
             const int ncols = (int)(c1 - c0);
             /* Every (row, col) of the tile visible: skip the per-row clipping. */
             const int full = all_rows && c0 - (i1 - 1) >= sl->dlo && (c1 - 1) - i0 <= sl->dhi;
+            if (w->mask.data && !mask_tile_any(w, sg, kvh, G, i0, nrows, c0, ncols)) continue;
 
 #if BF16_DOT
             if (bf16dot) {
@@ -552,22 +604,28 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
                 t.adiag[r] = (float)(i + sl->alibi_diag - c0);
             }
 
-            /* Score rules and the online softmax, VL rows at a time. */
+            /* Score rules and the online softmax, VL rows at a time. With a mask or bias the
+             * vector rules run first over the whole tile, then the scalar mask/bias pass
+             * (which must follow the softcap), then the max; without, all in one pass. */
             const int masked = !full || arows != nrows;
+            const int msrc = w->mask.data || w->bias.data;
+            for (int64_t r = 0; msrc && r < arows; r += VL)
+                for (int c = 0; c < ncols; c++) {
+                    float *sp = t.st + c * R + r;
+                    vstore(sp, score_rules(vload(sp), c, t.lo + r, t.hi + r, t.slope + r, t.adiag + r,
+                                           bf16dot, qmul, softcap, cap2, inv_cap, w->alibi != NULL, masked));
+                }
+            if (msrc) apply_mask_bias(w, sg, kvh, G, i0, nrows, c0, t.lo, t.hi, t.st, R);
             for (int64_t r = 0; r < arows; r += VL) {
-                vi lo, hi;
-                memcpy(&lo, t.lo + r, sizeof lo);
-                memcpy(&hi, t.hi + r, sizeof hi);
-                const vf slope = vload(t.slope + r), adiag = vload(t.adiag + r);
                 vf mx = vset1(-INFINITY);
                 for (int c = 0; c < ncols; c++) {
                     float *sp = t.st + c * R + r;
                     vf s = vload(sp);
-                    if (bf16dot) s *= qmul;
-                    if (softcap) s = cap2 * vtanh(s * inv_cap);
-                    if (w->alibi) s -= slope * vabs((float)c - adiag);
-                    if (masked) s = vsel((lo <= c) & (hi > c), s, vset1(-INFINITY));
-                    vstore(sp, s);
+                    if (!msrc) {
+                        s = score_rules(s, c, t.lo + r, t.hi + r, t.slope + r, t.adiag + r, bf16dot,
+                                        qmul, softcap, cap2, inv_cap, w->alibi != NULL, masked);
+                        vstore(sp, s);
+                    }
                     mx = vmax(mx, s);
                 }
                 const vf m_old = vload(t.m + r);

@@ -16,11 +16,12 @@ struct ref_job {
 };
 
 /* The score of (row, col) under slice sl, or -inf when invisible. */
-static double ref_score(const struct attn_work *w, const struct attn_slice *sl, int64_t b,
-                        int64_t h, int64_t row, int64_t col) {
+static double ref_score(const struct attn_work *w, const struct attn_segment *sg,
+                        const struct attn_slice *sl, int64_t b, int64_t h, int64_t row, int64_t col) {
     if (row < sl->q0 || row >= sl->q1 || col < sl->k0 || col >= sl->k1) return -INFINITY;
     const int64_t dc = col - row;
     if (dc < sl->dlo || dc > sl->dhi) return -INFINITY;
+    if (w->mask.data && w->mask.data[scoresrc_offset(&w->mask, sg, h, row, col)] == 0) return -INFINITY;
     const int64_t g = h / (w->Hq / w->Hk);
     const char *q = w->q.data + (b * w->q.sb + row * w->q.st + h * w->q.sh) * (int64_t)dtype_size(w->q.dtype);
     const char *k = w->k.data + (b * w->k.sb + col * w->k.st + g * w->k.sh) * (int64_t)dtype_size(w->k.dtype);
@@ -33,6 +34,7 @@ static double ref_score(const struct attn_work *w, const struct attn_slice *sl, 
         const double slope = w->alibi[b * w->alibi_sb + h * w->alibi_sh];
         s -= slope * fabs((double)(dc - sl->alibi_diag));
     }
+    if (w->bias.data) s += (double)load_f32(w->bias.data, w->bias.dtype, scoresrc_offset(&w->bias, sg, h, row, col));
     return s;
 }
 
@@ -46,7 +48,7 @@ static void ref_item(void *ctx, int64_t item, int32_t thread) {
         double m = -INFINITY;
         for (int64_t si = sg->s0; si < sg->s1; si++)
             for (int64_t col = w->slices[si].k0; col < w->slices[si].k1; col++) {
-                double s = ref_score(w, &w->slices[si], b, h, row, col);
+                double s = ref_score(w, sg, &w->slices[si], b, h, row, col);
                 if (s > m) m = s;
             }
         const double z = w->sinks ? (double)w->sinks[h * w->sinks_sh] : -INFINITY;
@@ -56,7 +58,7 @@ static void ref_item(void *ctx, int64_t item, int32_t thread) {
         if (mm != -INFINITY) {
             for (int64_t si = sg->s0; si < sg->s1; si++)
                 for (int64_t col = w->slices[si].k0; col < w->slices[si].k1; col++) {
-                    double s = ref_score(w, &w->slices[si], b, h, row, col);
+                    double s = ref_score(w, sg, &w->slices[si], b, h, row, col);
                     if (s == -INFINITY) continue;
                     double p = exp(s - mm);
                     l += p;
