@@ -468,6 +468,28 @@ static void apply_mask_bias(const struct attn_work *w, const struct attn_segment
                             int64_t G, int64_t i0, int64_t nrows, int64_t c0, const int32_t *lo,
                             const int32_t *hi, float *st, int64_t R) {
     const struct attn_scoresrc *m = &w->mask, *bs = &w->bias;
+    /* Key-side sources read by one variant for the whole tile (Hv in {1, Hk}): one mask byte
+     * and one bias value per key, applied to all rows as vectors. Rows outside their visible
+     * interval are already -inf and stay so. */
+    const int per_key = (!m->data || (m->sq == 0 && m->hdiv >= G)) &&
+                        (!bs->data || (bs->sq == 0 && bs->hdiv >= G));
+    if (per_key) {
+        const int64_t h = kvh * G, arows = round_up(nrows, VL);
+        const int64_t moff = m->data ? scoresrc_offset(m, sg, h, i0, c0) : 0;
+        const int64_t boff = bs->data ? scoresrc_offset(bs, sg, h, i0, c0) : 0;
+        int cmax = 0;
+        for (int64_t r = 0; r < nrows; r++) cmax = hi[r] > cmax ? hi[r] : cmax;
+        for (int c = 0; c < cmax; c++) {
+            float *sp = st + c * R;
+            if (m->data && !m->data[moff + c * m->sk]) {
+                for (int64_t r = 0; r < arows; r += VL) vstore(sp + r, vset1(-INFINITY));
+            } else if (bs->data) {
+                const float add = LOG2E * load_f32(bs->data, bs->dtype, boff + c * bs->sk);
+                for (int64_t r = 0; r < arows; r += VL) vstore(sp + r, vload(sp + r) + add);
+            }
+        }
+        return;
+    }
     for (int64_t r = 0; r < nrows; r++) {
         if (lo[r] >= hi[r]) continue;
         const int64_t h = kvh * G + r % G, i = i0 + r / G;
