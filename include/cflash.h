@@ -232,6 +232,44 @@ enum cflash_status cflash_attn_range(const struct cflash_tensor *q, const struct
                                      const struct cflash_attn_params *params);
 
 /*
+ * KV caches (SPEC.md section 6): attention of new queries over a cache, with the new keys and
+ * values appended in place first (flash-attn's flash_attn_with_kvcache).
+ *
+ * Contiguous (block_table == NULL):
+ *   k_cache [Bc, Lmax, Hk, D], v_cache [Bc, Lmax, Hk, Dv] (v_cache NULL: V := K);
+ *   batch entry b uses cache row cache_batch_idx[b] (int32 [B], each in [0, Bc)) or b.
+ * Paged (block_table != NULL):
+ *   k_cache [num_pages, page_size, Hk, D], v_cache likewise, any page_size >= 1;
+ *   block_table int32 [B, max_pages]: logical key t of b is row t % page_size of page
+ *   block_table[b][t / page_size]; every page used must be in [0, num_pages).
+ * cache_seqlens int32 [B]: keys [0, cache_seqlens[b]) are already in the cache.
+ * k_new [B, Lnew, Hk, D], v_new [B, Lnew, Hk, Dv] (both NULL: nothing appended; v_new NULL
+ * with v_cache NULL: V := K): written at positions cache_seqlens[b] .. + Lnew - 1 before
+ * attending. cache_seqlens itself is not changed (the caller advances it, as in flash-attn).
+ * Queries q [B, Lq, Hq, D] see keys [0, cache_seqlens[b] + Lnew); causal and window align to
+ * that total (bottom-right). out [B, Lq, Hq, Dv], lse [B, Hq, Lq] or NULL.
+ * Errors are detected before anything is written: capacity (cache_seqlens[b] + Lnew beyond
+ * Lmax or max_pages * page_size), page ids out of range, two batch entries appending to the
+ * same cache row or page, dtype/shape mismatches: the cache is byte-for-byte unchanged.
+ * Masks and biases are not supported with caches yet (UNSUPPORTED).
+ */
+struct cflash_kvcache {
+    const struct cflash_tensor *k_cache;
+    const struct cflash_tensor *v_cache;         /* NULL: V := K (MLA) */
+    const struct cflash_tensor *cache_seqlens;   /* int32 [B] */
+    const struct cflash_tensor *cache_batch_idx; /* NULL or int32 [B] (contiguous only) */
+    const struct cflash_tensor *block_table;     /* NULL (contiguous) or int32 [B, max_pages] */
+};
+
+enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
+                                       const struct cflash_kvcache *cache,
+                                       const struct cflash_tensor *k_new,
+                                       const struct cflash_tensor *v_new,
+                                       const struct cflash_tensor *out,
+                                       const struct cflash_tensor *lse,
+                                       const struct cflash_attn_params *params);
+
+/*
  * Merge two partial attention states over disjoint key sets (SPEC.md section 7).
  *   o1, o2, out: [T, H, Dv] (rank 3) with lse1, lse2, lse_out [H, T]; or [B, L, H, Dv] (rank 4)
  *   with lse [B, H, L]. o tensors: fp32 | fp16 | bf16 (o1, o2 one dtype; out that dtype or

@@ -283,6 +283,7 @@ static enum cflash_status check_qkvo(int rank, const struct cflash_tensor *q, co
 static void operand(struct attn_operand *o, const struct cflash_tensor *t, int rank) {
     o->data = t->data;
     o->dtype = t->dtype;
+    o->es = t->dtype == CFLASH_DTYPE_F32 || t->dtype == CFLASH_DTYPE_I32 ? 4 : t->dtype == CFLASH_DTYPE_U8 ? 1 : 2;
     if (rank == 4) {
         o->sb = t->stride[0]; o->st = t->stride[1]; o->sh = t->stride[2];
     } else {
@@ -290,7 +291,51 @@ static void operand(struct attn_operand *o, const struct cflash_tensor *t, int r
     }
 }
 
-/* Fill the work from validated operands and a compiled list of segments and slices; run it. */
+/* The work's operands and score rules from validated arguments (no segments yet). */
+static void fill_work(struct attn_work *w, int rank, const struct cflash_tensor *q,
+                      const struct cflash_tensor *k, const struct cflash_tensor *v,
+                      const struct cflash_tensor *out, const struct cflash_tensor *lse,
+                      const struct cflash_attn_params *p, int64_t B, int64_t Hq, int64_t Hk,
+                      int64_t D, int64_t Dv) {
+    memset(w, 0, sizeof *w);
+    w->B = B; w->Hq = Hq; w->Hk = Hk; w->D = D; w->Dv = Dv;
+    operand(&w->q, q, rank);
+    operand(&w->k, k, rank);
+    operand(&w->v, v ? v : k, rank);
+    operand(&w->out, out, rank);
+    if (lse) {
+        w->lse_data = lse->data;
+        if (rank == 4) { w->lse_sb = lse->stride[0]; w->lse_sh = lse->stride[1]; w->lse_st = lse->stride[2]; }
+        else { w->lse_sb = 0; w->lse_sh = lse->stride[0]; w->lse_st = lse->stride[1]; }
+    }
+    w->scale = p->scale != 0.0f ? p->scale : (float)(1.0 / sqrt((double)D));
+    w->softcap = p->softcap;
+    if (p->alibi_slopes) {
+        const struct cflash_tensor *a = p->alibi_slopes;
+        w->alibi = a->data;
+        w->alibi_sh = a->stride[a->ndim - 1];
+        w->alibi_sb = a->ndim == 2 ? a->stride[0] : 0;
+    }
+    if (p->sinks) {
+        w->sinks = p->sinks->data;
+        w->sinks_sh = p->sinks->stride[0];
+    }
+    w->num_threads = p->num_threads > 0 ? p->num_threads : cflash_default_num_threads();
+}
+
+/* Run a filled work over its segments and slices on the kernel params asks for. */
+static enum cflash_status exec_work(struct attn_work *w, const struct cflash_attn_params *p,
+                                    const struct attn_segment *segments, int64_t num_segments,
+                                    const struct attn_slice *slices) {
+    enum cflash_kernel kernel;
+    CHECK(cpu_resolve_kernel(p->kernel, &kernel));
+    w->num_segments = num_segments;
+    w->segments = segments;
+    w->slices = slices;
+    if (num_segments == 0) return CFLASH_STATUS_OK;
+    return kernel == CFLASH_KERNEL_REFERENCE ? cpu_ref_attention(w) : cpu_tiled_attention(w, kernel);
+}
+
 static enum cflash_status run_work(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
                                    const struct cflash_tensor *v, const struct cflash_tensor *out,
                                    const struct cflash_tensor *lse, const struct cflash_attn_params *p,
@@ -298,41 +343,11 @@ static enum cflash_status run_work(int rank, const struct cflash_tensor *q, cons
                                    const struct attn_segment *segments, int64_t num_segments,
                                    const struct attn_slice *slices, const struct attn_scoresrc *mask,
                                    const struct attn_scoresrc *bias) {
-    enum cflash_kernel kernel;
-    CHECK(cpu_resolve_kernel(p->kernel, &kernel));
-
     struct attn_work w;
-    memset(&w, 0, sizeof w);
-    w.B = B; w.Hq = Hq; w.Hk = Hk; w.D = D; w.Dv = Dv;
-    operand(&w.q, q, rank);
-    operand(&w.k, k, rank);
-    operand(&w.v, v ? v : k, rank);
-    operand(&w.out, out, rank);
-    if (lse) {
-        w.lse_data = lse->data;
-        if (rank == 4) { w.lse_sb = lse->stride[0]; w.lse_sh = lse->stride[1]; w.lse_st = lse->stride[2]; }
-        else { w.lse_sb = 0; w.lse_sh = lse->stride[0]; w.lse_st = lse->stride[1]; }
-    }
-    w.scale = p->scale != 0.0f ? p->scale : (float)(1.0 / sqrt((double)D));
-    w.softcap = p->softcap;
-    if (p->alibi_slopes) {
-        const struct cflash_tensor *a = p->alibi_slopes;
-        w.alibi = a->data;
-        w.alibi_sh = a->stride[a->ndim - 1];
-        w.alibi_sb = a->ndim == 2 ? a->stride[0] : 0;
-    }
-    if (p->sinks) {
-        w.sinks = p->sinks->data;
-        w.sinks_sh = p->sinks->stride[0];
-    }
-    w.num_threads = p->num_threads > 0 ? p->num_threads : cflash_default_num_threads();
+    fill_work(&w, rank, q, k, v, out, lse, p, B, Hq, Hk, D, Dv);
     if (mask) w.mask = *mask;
     if (bias) w.bias = *bias;
-    w.num_segments = num_segments;
-    w.segments = segments;
-    w.slices = slices;
-    if (num_segments == 0) return CFLASH_STATUS_OK;
-    return kernel == CFLASH_KERNEL_REFERENCE ? cpu_ref_attention(&w) : cpu_tiled_attention(&w, kernel);
+    return exec_work(&w, p, segments, num_segments, slices);
 }
 
 /* Per-sequence masks: plan the sequences (plan.c), then run. */
@@ -490,6 +505,191 @@ enum cflash_status cflash_attn_range(const struct cflash_tensor *q, const struct
     if (Tq == 0) return CFLASH_STATUS_OK;
     return run_work(3, q, k, v, out, lse, p, 1, Hq, Hk, D, Dv, plan->segments, plan->num_segments,
                     plan->slices, NULL, NULL);
+}
+
+/* ---- KV caches ---- */
+
+/* element b of an int32 [B] tensor, (b, p) of an int32 [B, P] tensor */
+static inline int64_t i32_at(const struct cflash_tensor *t, int64_t b) {
+    return ((const int32_t *)t->data)[b * t->stride[0]];
+}
+static inline int64_t i32_at2(const struct cflash_tensor *t, int64_t b, int64_t p) {
+    return ((const int32_t *)t->data)[b * t->stride[0] + p * t->stride[1]];
+}
+
+enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
+                                       const struct cflash_kvcache *cache,
+                                       const struct cflash_tensor *k_new,
+                                       const struct cflash_tensor *v_new,
+                                       const struct cflash_tensor *out,
+                                       const struct cflash_tensor *lse,
+                                       const struct cflash_attn_params *params) {
+    const struct cflash_attn_params defaults = CFLASH_ATTN_PARAMS_INIT;
+    const struct cflash_attn_params *p = params ? params : &defaults;
+    if (!cache) return INVALID("cache: must not be NULL");
+    const struct cflash_tensor *kc = cache->k_cache, *vc = cache->v_cache;
+    const struct cflash_tensor *bt = cache->block_table, *bidx = cache->cache_batch_idx;
+    int64_t Hq = 0, Hk = 0, D = 0, Dv = 0;
+    /* q, the caches and out share check_qkvo's rules (k_cache plays k, v_cache v) except the
+     * batch axis: the cache's first axis is Bc or num_pages */
+    CHECK(check_tensor("q", q, 4));
+    CHECK(check_tensor("k_cache", kc, 4));
+    {
+        struct cflash_tensor kv = *kc, vv;
+        kv.shape[0] = q->shape[0]; /* batch checked below */
+        if (vc) { CHECK(check_tensor("v_cache", vc, 4)); vv = *vc; vv.shape[0] = q->shape[0]; }
+        enum cflash_status st = check_qkvo(4, q, &kv, vc ? &vv : NULL, out, &Hq, &Hk, &D, &Dv);
+        if (st) {
+            /* check_qkvo names k / v; say which cache */
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", cflash_last_error());
+            if (msg[0] == 'k' && msg[1] == ':') return cflash_set_error(st, "k_cache%s", msg + 1);
+            if (msg[0] == 'v' && msg[1] == ':') return cflash_set_error(st, "v_cache%s", msg + 1);
+            return st;
+        }
+    }
+    const int64_t B = q->shape[0], Lq = q->shape[1];
+    const int64_t nrows = kc->shape[0], L1 = kc->shape[1]; /* Bc x Lmax, or num_pages x page_size */
+    if (vc && (vc->shape[0] != nrows || vc->shape[1] != L1))
+        return INVALID("v_cache: shape[0..1] must equal k_cache's (%lld, %lld)", (long long)nrows, (long long)L1);
+    CHECK(check_tensor("cache_seqlens", cache->cache_seqlens, 1));
+    CHECK(check_dtype("cache_seqlens", cache->cache_seqlens, CFLASH_DTYPE_I32));
+    CHECK(check_dim("cache_seqlens", cache->cache_seqlens, 0, B, "B"));
+    for (int64_t b = 0; b < B; b++)
+        if (i32_at(cache->cache_seqlens, b) < 0)
+            return INVALID("cache_seqlens: entry %lld is negative (%lld)", (long long)b, (long long)i32_at(cache->cache_seqlens, b));
+
+    /* new keys and values */
+    int64_t Lnew = 0;
+    if (!k_new && v_new) return INVALID("k_new: must be given when v_new is");
+    if (k_new) {
+        CHECK(check_tensor("k_new", k_new, 4));
+        if (k_new->dtype != q->dtype) return INVALID("k_new: dtype must equal q's");
+        CHECK(check_unit_last("k_new", k_new));
+        CHECK(check_dim("k_new", k_new, 0, B, "B"));
+        CHECK(check_dim("k_new", k_new, 2, Hk, "Hk"));
+        CHECK(check_dim("k_new", k_new, 3, D, "D"));
+        Lnew = k_new->shape[1];
+        if (vc && !v_new) return INVALID("v_new: must be given with k_new when v_cache is");
+        if (!vc && v_new) return INVALID("v_new: must be NULL when v_cache is NULL (V := K)");
+        if (v_new) {
+            CHECK(check_tensor("v_new", v_new, 4));
+            if (v_new->dtype != q->dtype) return INVALID("v_new: dtype must equal q's");
+            CHECK(check_unit_last("v_new", v_new));
+            CHECK(check_dim("v_new", v_new, 0, B, "B"));
+            CHECK(check_dim("v_new", v_new, 1, Lnew, "Lnew"));
+            CHECK(check_dim("v_new", v_new, 2, Hk, "Hk"));
+            CHECK(check_dim("v_new", v_new, 3, Dv, "Dv"));
+        }
+    }
+    CHECK(check_output_layout("k_cache", kc));
+    if (vc) CHECK(check_output_layout("v_cache", vc));
+
+    /* capacity, indices, and no two batch entries writing the same cache rows */
+    const int64_t cap = (int64_t)1 << 40;
+    if (bt) {
+        if (bidx) return INVALID("cache_batch_idx: not supported with a block_table (paged cache)");
+        CHECK(check_tensor("block_table", bt, 2));
+        CHECK(check_dtype("block_table", bt, CFLASH_DTYPE_I32));
+        CHECK(check_dim("block_table", bt, 0, B, "B"));
+        if (L1 < 1) return INVALID("k_cache: page_size (shape[1]) must be >= 1");
+        const int64_t maxp = bt->shape[1];
+        unsigned char *written = calloc((size_t)(nrows > 0 ? nrows : 1), 1);
+        if (!written) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "block_table: out of memory");
+        for (int64_t b = 0; b < B; b++) {
+            const int64_t s0 = i32_at(cache->cache_seqlens, b), total = s0 + Lnew;
+            if (total > maxp * L1 || total > cap) {
+                free(written);
+                return INVALID("cache_seqlens: batch %lld needs %lld keys, the block table holds %lld (%lld pages of %lld)", (long long)b, (long long)total, (long long)(maxp * L1), (long long)maxp, (long long)L1);
+            }
+            for (int64_t pg = 0; pg < (total + L1 - 1) / L1; pg++) {
+                const int64_t id = i32_at2(bt, b, pg);
+                if (id < 0 || id >= nrows) {
+                    free(written);
+                    return INVALID("block_table: entry [%lld][%lld] = %lld is not a page in [0, %lld)", (long long)b, (long long)pg, (long long)id, (long long)nrows);
+                }
+            }
+            for (int64_t pg = s0 / L1; Lnew > 0 && pg <= (total - 1) / L1; pg++) {
+                const int64_t id = i32_at2(bt, b, pg);
+                if (written[id]) {
+                    free(written);
+                    return INVALID("block_table: page %lld is appended to by two batch entries (the second is %lld)", (long long)id, (long long)b);
+                }
+                written[id] = 1;
+            }
+        }
+        free(written);
+    } else {
+        if (bidx) {
+            CHECK(check_tensor("cache_batch_idx", bidx, 1));
+            CHECK(check_dtype("cache_batch_idx", bidx, CFLASH_DTYPE_I32));
+            CHECK(check_dim("cache_batch_idx", bidx, 0, B, "B"));
+        } else if (nrows != B) {
+            return INVALID("k_cache: shape[0] must be B = %lld without cache_batch_idx, got %lld", (long long)B, (long long)nrows);
+        }
+        for (int64_t b = 0; b < B; b++) {
+            const int64_t row = bidx ? i32_at(bidx, b) : b;
+            if (row < 0 || row >= nrows)
+                return INVALID("cache_batch_idx: entry %lld = %lld is not a cache row in [0, %lld)", (long long)b, (long long)row, (long long)nrows);
+            const int64_t total = i32_at(cache->cache_seqlens, b) + Lnew;
+            if (total > L1)
+                return INVALID("cache_seqlens: batch %lld needs %lld keys, the cache holds %lld", (long long)b, (long long)total, (long long)L1);
+            if (bidx && Lnew > 0)
+                for (int64_t b2 = 0; b2 < b; b2++)
+                    if (i32_at(bidx, b2) == row)
+                        return INVALID("cache_batch_idx: entries %lld and %lld both append to cache row %lld", (long long)b2, (long long)b, (long long)row);
+        }
+    }
+    if (lse) {
+        CHECK(check_tensor("lse", lse, 3));
+        CHECK(check_dtype("lse", lse, CFLASH_DTYPE_F32));
+        CHECK(check_dim("lse", lse, 0, B, "B"));
+        CHECK(check_dim("lse", lse, 1, Hq, "Hq"));
+        CHECK(check_dim("lse", lse, 2, Lq, "Lq"));
+        CHECK(check_output_layout("lse", lse));
+    }
+    CHECK(check_params(p, B, Hq));
+    if (p->mask || p->bias)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: masks and biases with KV caches are not implemented yet", p->mask ? "mask" : "bias");
+    if (B == 0) return CFLASH_STATUS_OK;
+
+    /* plan: sequence b has rows [0, Lq) and keys [0, cache_seqlens[b] + Lnew) */
+    int64_t *idx = malloc(sizeof(int64_t) * 4 * (size_t)B);
+    if (!idx) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "plan: out of memory");
+    int64_t *qs = idx, *lq = idx + B, *ks = idx + 2 * B, *lk = idx + 3 * B;
+    for (int64_t b = 0; b < B; b++) { qs[b] = 0; lq[b] = Lq; ks[b] = 0; lk[b] = i32_at(cache->cache_seqlens, b) + Lnew; }
+    struct attn_plan plan;
+    enum cflash_status st = plan_sequences(&plan, B, qs, lq, ks, lk, p);
+    free(idx);
+    if (st) return st;
+
+    struct attn_work w;
+    fill_work(&w, 4, q, kc, vc, out, lse, p, B, Hq, Hk, D, Dv);
+    if (bt) {
+        w.block_table = bt->data;
+        w.bt_sb = bt->stride[0];
+        w.bt_sp = bt->stride[1];
+        w.page_size = L1;
+    }
+    for (int64_t s = 0; s < plan.num_segments; s++)
+        plan.segments[s].kvb = bidx ? i32_at(bidx, plan.segments[s].b) : plan.segments[s].b;
+
+    /* append, then attend (the appended rows are read back from the cache) */
+    if (Lnew > 0) {
+        struct attn_operand kn, vn;
+        operand(&kn, k_new, 4);
+        if (v_new) operand(&vn, v_new, 4);
+        for (int64_t b = 0; b < B; b++) {
+            struct attn_segment sg;
+            memset(&sg, 0, sizeof sg);
+            sg.b = b;
+            sg.kvb = bidx ? i32_at(bidx, b) : b;
+            cpu_kv_append(&w, &sg, i32_at(cache->cache_seqlens, b), Lnew, &kn, v_new ? &vn : NULL);
+        }
+    }
+    st = exec_work(&w, p, plan.segments, plan.num_segments, plan.slices);
+    plan_free(&plan);
+    return st;
 }
 
 /* ---- merge ---- */

@@ -33,6 +33,7 @@ struct attn_slice {
 struct attn_segment {
     int64_t b;          /* batch index: pointer offset b * stride_b, ALiBi [B, Hq] row */
     int64_t qorg, korg; /* the sequence's first row and key: origin of local mask/bias coords */
+    int64_t kvb;        /* batch row of the K/V operands (b, or cache_batch_idx[b]) */
     int64_t q0, q1;     /* the rows this segment owns (every row is written exactly once) */
     int64_t s0, s1;     /* its slices: work->slices[s0 .. s1) */
 };
@@ -41,6 +42,7 @@ struct attn_segment {
 struct attn_operand {
     char *data;
     enum cflash_dtype dtype;
+    int64_t es;         /* element size in bytes */
     int64_t sb, st, sh; /* batch, token, head strides (elements); head-dim stride is 1 */
 };
 
@@ -71,6 +73,12 @@ struct attn_work {
 
     struct attn_scoresrc mask, bias;
 
+    /* Paged K/V (NULL: contiguous): key t of segment sg lives in page
+     * block_table[sg->b * bt_sb + (t / page_size) * bt_sp], row t % page_size; the K/V
+     * operands' batch stride `sb` is then the page stride. */
+    const int32_t *block_table;
+    int64_t bt_sb, bt_sp, page_size;
+
     int64_t num_segments;
     const struct attn_segment *segments;
     const struct attn_slice *slices;
@@ -98,6 +106,20 @@ enum cflash_status plan_sequences(struct attn_plan *plan, int64_t B, const int64
                                   const struct cflash_attn_params *p);
 void plan_free(struct attn_plan *plan);
 
+/* Address of key row `col` (kv head kvh) of operand o (w->k or w->v) for segment sg: the one
+ * place that knows contiguous, cache-indexed and paged layouts. */
+static inline const char *kv_row(const struct attn_work *w, const struct attn_operand *o,
+                                 const struct attn_segment *sg, int64_t col, int64_t kvh) {
+    int64_t base;
+    if (w->block_table) {
+        const int64_t page = w->block_table[sg->b * w->bt_sb + (col / w->page_size) * w->bt_sp];
+        base = page * o->sb + (col % w->page_size) * o->st;
+    } else {
+        base = sg->kvb * o->sb + col * o->st;
+    }
+    return o->data + (base + kvh * o->sh) * o->es;
+}
+
 /* Offset of element (b, h, row, col) of a mask/bias source for segment sg. */
 static inline int64_t scoresrc_offset(const struct attn_scoresrc *m, const struct attn_segment *sg,
                                       int64_t h, int64_t row, int64_t col) {
@@ -121,6 +143,10 @@ typedef void (*parallel_fn)(void *ctx, int64_t item, int32_t thread);
 enum cflash_status cpu_parallel_for(int32_t num_threads, int64_t n, parallel_fn fn, void *ctx);
 
 /* ---- cpu backend ---- */
+/* Write Lnew new rows of k (and v, unless V := K) of segment sg's batch entry at cache
+ * positions start .. start + Lnew - 1 (validated by the caller). */
+void cpu_kv_append(const struct attn_work *w, const struct attn_segment *sg, int64_t start,
+                   int64_t Lnew, const struct attn_operand *k_new, const struct attn_operand *v_new);
 /* AUTO -> CFLASH_KERNEL or the best ISA; INVALID_ARGUMENT for an unknown CFLASH_KERNEL value,
  * UNSUPPORTED for a kernel this CPU cannot run. */
 enum cflash_status cpu_resolve_kernel(enum cflash_kernel requested, enum cflash_kernel *kernel);

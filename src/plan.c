@@ -52,6 +52,7 @@ enum cflash_status plan_sequences(struct attn_plan *plan, int64_t B, const int64
         sl->alibi_diag = shift + lk[b] - lq[b];
         struct attn_segment *sg = &plan->segments[ns];
         sg->b = b;
+        sg->kvb = b;
         sg->qorg = qs[b];
         sg->korg = ks[b];
         sg->q0 = sl->q0;

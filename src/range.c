@@ -186,7 +186,7 @@ enum cflash_status cflash_range_plan_create(cflash_range_plan_t *out_plan,
     for (int64_t blk = 0; blk < nb; blk++) {
         struct attn_segment *sg = &plan->segments[blk];
         const int64_t cnt = sg->s1;
-        sg->b = 0;
+        sg->b = sg->kvb = 0;
         sg->qorg = sg->korg = 0; /* plans index the global axes */
         sg->q0 = blk * RANGE_BLOCK_ROWS;
         sg->q1 = min64(Tq, sg->q0 + RANGE_BLOCK_ROWS);

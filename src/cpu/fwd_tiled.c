@@ -347,12 +347,12 @@ static void qk_tile_bf16(const uint16_t *const *kp, int ncols, int64_t D, const 
 }
 
 /* V rows c0 + 2 cp, c0 + 2 cp + 1 -> vp[cp][d] = (v[2cp][d], v[2cp+1][d]); zero padded. */
-static void pack_v_pairs(uint32_t *vp, const struct attn_work *w, int64_t b, int64_t kvh,
-                         int64_t c0, int ncols, int64_t Dvp) {
+static void pack_v_pairs(uint32_t *vp, const struct attn_work *w, const struct attn_segment *sg,
+                         int64_t kvh, int64_t c0, int ncols, int64_t Dvp) {
     const int64_t Dv = w->Dv;
     for (int cp = 0; cp < (ncols + 1) / 2; cp++) {
-        const uint16_t *v0 = (const uint16_t *)(const void *)(w->v.data + (b * w->v.sb + (c0 + 2 * cp) * w->v.st + kvh * w->v.sh) * 2);
-        const uint16_t *v1 = 2 * cp + 1 < ncols ? (const uint16_t *)(const void *)(w->v.data + (b * w->v.sb + (c0 + 2 * cp + 1) * w->v.st + kvh * w->v.sh) * 2) : NULL;
+        const uint16_t *v0 = (const uint16_t *)(const void *)kv_row(w, &w->v, sg, c0 + 2 * cp, kvh);
+        const uint16_t *v1 = 2 * cp + 1 < ncols ? (const uint16_t *)(const void *)kv_row(w, &w->v, sg, c0 + 2 * cp + 1, kvh) : NULL;
         uint32_t *dst = vp + cp * Dvp;
         int64_t d = 0;
         for (; d + 16 <= Dv; d += 16) {
@@ -517,8 +517,7 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
     const int softcap = w->softcap > 0.0f;
     const float qmul = softcap ? w->scale : w->scale * LOG2E;
     const float cap2 = w->softcap * LOG2E, inv_cap = softcap ? 1.0f / w->softcap : 0.0f;
-    const size_t qes = dtype_size(w->q.dtype), kes = dtype_size(w->k.dtype);
-    const size_t ves = dtype_size(w->v.dtype);
+    const size_t qes = dtype_size(w->q.dtype);
     /* fp32 keys are read in place; values too when rows are whole vectors. */
     const int k_direct = w->k.dtype == CFLASH_DTYPE_F32;
     const int v_direct = w->v.dtype == CFLASH_DTYPE_F32 && Dv == Dvp;
@@ -576,14 +575,14 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
 #if BF16_DOT
             if (bf16dot) {
                 for (int c = 0; c < ncols; c++)
-                    kp16[c] = (const uint16_t *)(const void *)(w->k.data + (b * w->k.sb + (c0 + c) * w->k.st + kvh * w->k.sh) * 2);
-                pack_v_pairs((uint32_t *)(void *)t.vb, w, b, kvh, c0, ncols, Dvp);
+                    kp16[c] = (const uint16_t *)(const void *)kv_row(w, &w->k, sg, c0 + c, kvh);
+                pack_v_pairs((uint32_t *)(void *)t.vb, w, sg, kvh, c0, ncols, Dvp);
                 qk_tile_bf16(kp16, ncols, D, (const uint32_t *)(void *)t.qt, R, arows, t.st);
             } else
 #endif
             for (int c = 0; c < ncols; c++) {
-                const char *kr = w->k.data + (b * w->k.sb + (c0 + c) * w->k.st + kvh * w->k.sh) * (int64_t)kes;
-                const char *vr = w->v.data + (b * w->v.sb + (c0 + c) * w->v.st + kvh * w->v.sh) * (int64_t)ves;
+                const char *kr = kv_row(w, &w->k, sg, c0 + c, kvh);
+                const char *vr = kv_row(w, &w->v, sg, c0 + c, kvh);
                 if (k_direct) {
                     kp[c] = (const float *)(const void *)kr;
                 } else {

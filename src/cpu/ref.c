@@ -24,7 +24,7 @@ static double ref_score(const struct attn_work *w, const struct attn_segment *sg
     if (w->mask.data && w->mask.data[scoresrc_offset(&w->mask, sg, h, row, col)] == 0) return -INFINITY;
     const int64_t g = h / (w->Hq / w->Hk);
     const char *q = w->q.data + (b * w->q.sb + row * w->q.st + h * w->q.sh) * (int64_t)dtype_size(w->q.dtype);
-    const char *k = w->k.data + (b * w->k.sb + col * w->k.st + g * w->k.sh) * (int64_t)dtype_size(w->k.dtype);
+    const char *k = kv_row(w, &w->k, sg, col, g);
     double s = 0.0;
     for (int64_t d = 0; d < w->D; d++)
         s += (double)load_f32(q, w->q.dtype, d) * (double)load_f32(k, w->k.dtype, d);
@@ -62,7 +62,7 @@ static void ref_item(void *ctx, int64_t item, int32_t thread) {
                     if (s == -INFINITY) continue;
                     double p = exp(s - mm);
                     l += p;
-                    const char *v = w->v.data + (b * w->v.sb + col * w->v.st + g * w->v.sh) * (int64_t)dtype_size(w->v.dtype);
+                    const char *v = kv_row(w, &w->v, sg, col, g);
                     for (int64_t d = 0; d < Dv; d++) acc[d] += p * (double)load_f32(v, w->v.dtype, d);
                 }
             if (w->sinks) l += exp(z - mm);
