@@ -161,9 +161,17 @@ struct tiled_geometry {
     int64_t max_rows;      /* rows_per_tile * G rounded up to the row block */
 };
 void tiled_geometry(struct tiled_geometry *g, int64_t Hq, int64_t Hk);
+/* Rows of one tile from their running state (m in base 2, l, unnormalized O with row stride
+ * ostride): add the sink, normalize, store out and lse (dispatch.c). */
+void tiled_finalize(const struct attn_work *w, const struct attn_segment *sg, int64_t kvh,
+                    int64_t i0, int64_t nrows, const float *m, const float *l, const float *o,
+                    int64_t ostride);
+/* Keys outside [klo, khi) are skipped. partial == NULL: normalize and store out/lse; else write
+ * the unnormalized state there: O [nrows][Dv], then m [nrows] (base 2), l [nrows]. */
 #define DECLARE_TILED(isa) \
     void cpu_tiled_item_##isa(const struct attn_work *w, const struct tiled_geometry *g, \
-                              int64_t seg, int64_t kvh, int64_t tile, void *ws);
+                              int64_t seg, int64_t kvh, int64_t tile, int64_t klo, int64_t khi, \
+                              float *partial, void *ws);
 DECLARE_TILED(generic)
 DECLARE_TILED(avx2)
 DECLARE_TILED(avx512)

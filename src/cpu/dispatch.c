@@ -6,6 +6,9 @@
  */
 #include "internal.h"
 
+#include "cpu/convert.h"
+
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -83,31 +86,135 @@ enum cflash_status cpu_resolve_kernel(enum cflash_kernel requested, enum cflash_
     return CFLASH_STATUS_OK;
 }
 
+static const float LOG2E = 1.4426950408889634f;
+static const float LN2 = 0.6931471805599453f;
+
+void tiled_finalize(const struct attn_work *w, const struct attn_segment *sg, int64_t kvh,
+                    int64_t i0, int64_t nrows, const float *m_run, const float *l_run,
+                    const float *o, int64_t ostride) {
+    const int64_t G = w->Hq / w->Hk, b = sg->b, Dv = w->Dv;
+    for (int64_t r = 0; r < nrows; r++) {
+        const int64_t i = i0 + r / G, h = kvh * G + r % G;
+        float m = m_run[r], l = l_run[r], oscale;
+        if (w->sinks) { /* the sink joins the denominator only */
+            const float z = w->sinks[h * w->sinks_sh] * LOG2E;
+            const float mm = m > z ? m : z;
+            l = (m == -INFINITY ? 0.0f : l * exp2f(m - mm)) + exp2f(z - mm);
+            oscale = (m == -INFINITY ? 0.0f : exp2f(m - mm)) / l;
+            m = mm;
+        } else {
+            oscale = l > 0.0f ? 1.0f / l : 0.0f;
+        }
+        const float *orow = o + r * ostride;
+        char *dst = w->out.data + (b * w->out.sb + i * w->out.st + h * w->out.sh) * w->out.es;
+        if (w->out.dtype == CFLASH_DTYPE_F32) {
+            float *df = (float *)(void *)dst;
+            for (int64_t d = 0; d < Dv; d++) df[d] = orow[d] * oscale;
+        } else {
+            for (int64_t d = 0; d < Dv; d++) store_f32(dst, w->out.dtype, d, orow[d] * oscale);
+        }
+        if (w->lse_data) {
+            float lse = l > 0.0f ? (m + log2f(l)) * LN2 : -INFINITY;
+            if (w->sinks && m_run[r] == -INFINITY) lse = w->sinks[h * w->sinks_sh]; /* exactly z */
+            w->lse_data[b * w->lse_sb + h * w->lse_sh + i * w->lse_st] = lse;
+        }
+    }
+}
+
+/* Split-KV (flash-decoding on the CPU). A segment whose rows fit one small tile
+ * ((Lq x G) <= SPLIT_MAX_ROWS, i.e. decode and short speculative decode) gives one work item
+ * per kv head; with few such items the cores would idle while one thread walks 32k keys. Its
+ * keys are then cut into chunks of SPLIT_KEYS; each chunk's state is merged in chunk order
+ * (SPEC.md section 7 arithmetic), so the result does not depend on the thread count: the
+ * decision uses only the problem's shape. Worked numbers: decode 32:8 heads, Lk = 32768,
+ * B = 1: 8 items unsplit -> 8 x 8 chunks of 4096 keys = 64 items, both cores busy to the end. */
+#define SPLIT_MAX_ROWS 16
+#define SPLIT_KEYS 4096
+#define SPLIT_MAX_ITEMS 64 /* split only while unsplit items are fewer than this */
+#define SPLIT_MAX_CHUNKS 64
+
 struct tiled_job {
     const struct attn_work *w;
     struct tiled_geometry geo;
     const int64_t *item_start; /* [num_segments + 1]: first item of each segment */
+    const int64_t *nsplit;     /* [num_segments]: key chunks (1: not split) */
+    const int64_t *klo;        /* [num_segments]: first key of the segment's span */
+    const int64_t *ksz;        /* [num_segments]: keys per chunk of a split segment */
+    const int64_t *part_start; /* [num_segments]: first partial slot of a split segment */
+    float *partial;            /* split segments: per (segment, kv head, chunk) a state */
+    int64_t part_stride;       /* floats per state: nrows * (Dv + 2) */
     char *ws;
     size_t ws_stride;
     void (*item)(const struct attn_work *, const struct tiled_geometry *, int64_t, int64_t,
-                 int64_t, void *);
+                 int64_t, int64_t, int64_t, float *, void *);
 };
+
+static int64_t find_segment(const int64_t *start, int64_t n, int64_t item) {
+    int64_t lo = 0, hi = n;
+    while (hi - lo > 1) {
+        int64_t mid = (lo + hi) / 2;
+        if (start[mid] <= item) lo = mid; else hi = mid;
+    }
+    return lo;
+}
 
 static void tiled_run_item(void *ctx, int64_t item, int32_t thread) {
     const struct tiled_job *job = ctx;
-    /* binary search the segment owning this item */
-    int64_t lo = 0, hi = job->w->num_segments;
-    while (hi - lo > 1) {
-        int64_t mid = (lo + hi) / 2;
-        if (job->item_start[mid] <= item) lo = mid; else hi = mid;
+    const int64_t seg = find_segment(job->item_start, job->w->num_segments, item);
+    const struct attn_segment *sg = &job->w->segments[seg];
+    const int64_t rem = item - job->item_start[seg];
+    void *ws = job->ws + (size_t)thread * job->ws_stride;
+    const int64_t ns = job->nsplit[seg];
+    if (ns > 1) { /* one tile; item = kv head x chunk */
+        const int64_t kvh = rem / ns, chunk = rem % ns;
+        const int64_t k0 = job->klo[seg] + chunk * job->ksz[seg];
+        float *part = job->partial + (job->part_start[seg] + kvh * ns + chunk) * job->part_stride;
+        job->item(job->w, &job->geo, seg, kvh, 0, k0, k0 + job->ksz[seg], part, ws);
+        return;
     }
-    const struct attn_segment *sg = &job->w->segments[lo];
     const int64_t ntiles = (sg->q1 - sg->q0 + job->geo.rows_per_tile - 1) / job->geo.rows_per_tile;
-    const int64_t rem = item - job->item_start[lo];
     /* Last tiles first: under a causal mask they see the most keys, and dynamic scheduling
      * balances best when the long items start early. */
     const int64_t tile = ntiles - 1 - rem % ntiles;
-    job->item(job->w, &job->geo, lo, rem / ntiles, tile, job->ws + (size_t)thread * job->ws_stride);
+    job->item(job->w, &job->geo, seg, rem / ntiles, tile, INT64_MIN, INT64_MAX, NULL, ws);
+}
+
+/* Merge the chunks of one (split segment, kv head) in chunk order and store the rows. */
+static void tiled_combine(void *ctx, int64_t item, int32_t thread) {
+    const struct tiled_job *job = ctx;
+    const struct attn_work *w = job->w;
+    /* item enumerates (split segment, kv head) pairs over all segments */
+    int64_t seg = 0, acc = 0;
+    for (; seg < w->num_segments; seg++) {
+        if (job->nsplit[seg] <= 1) continue;
+        if (item < acc + w->Hk) break;
+        acc += w->Hk;
+    }
+    const int64_t kvh = item - acc, ns = job->nsplit[seg], Dv = w->Dv;
+    const struct attn_segment *sg = &w->segments[seg];
+    const int64_t nrows = (sg->q1 - sg->q0) * (w->Hq / w->Hk);
+    float *o = (float *)(void *)(job->ws + (size_t)thread * job->ws_stride); /* [nrows][Dv] + m + l */
+    float *m = o + nrows * Dv, *l = m + nrows;
+    for (int64_t r = 0; r < nrows; r++) {
+        float mx = -INFINITY;
+        for (int64_t c = 0; c < ns; c++) {
+            const float *p = job->partial + (job->part_start[seg] + kvh * ns + c) * job->part_stride;
+            mx = p[nrows * Dv + r] > mx ? p[nrows * Dv + r] : mx;
+        }
+        float lsum = 0.0f;
+        for (int64_t d = 0; d < Dv; d++) o[r * Dv + d] = 0.0f;
+        for (int64_t c = 0; mx != -INFINITY && c < ns; c++) {
+            const float *p = job->partial + (job->part_start[seg] + kvh * ns + c) * job->part_stride;
+            const float mc = p[nrows * Dv + r];
+            if (mc == -INFINITY) continue;
+            const float scale = exp2f(mc - mx);
+            lsum += p[nrows * Dv + nrows + r] * scale;
+            for (int64_t d = 0; d < Dv; d++) o[r * Dv + d] += p[r * Dv + d] * scale;
+        }
+        m[r] = mx;
+        l[r] = lsum;
+    }
+    tiled_finalize(w, sg, kvh, sg->q0, nrows, m, l, o, Dv);
 }
 
 enum cflash_status cpu_tiled_attention(const struct attn_work *w, enum cflash_kernel kernel) {
@@ -125,29 +232,78 @@ enum cflash_status cpu_tiled_attention(const struct attn_work *w, enum cflash_ke
     default: return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: '%s' is not built for this CPU", cflash_kernel_name(kernel));
     }
 
-    int64_t *start = malloc((size_t)(w->num_segments + 1) * sizeof *start);
-    if (!start) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "workspace: out of memory");
-    start[0] = 0;
-    for (int64_t s = 0; s < w->num_segments; s++) {
+    const int64_t nseg = w->num_segments, G = w->Hq / w->Hk;
+    int64_t *buf = malloc((size_t)(6 * nseg + 1) * sizeof *buf);
+    if (!buf) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "workspace: out of memory");
+    int64_t *start = buf, *nsplit = buf + nseg + 1, *klo = nsplit + nseg, *pstart = klo + nseg;
+    int64_t *ntile = pstart + nseg, *ksz = ntile + nseg;
+    int64_t unsplit_items = 0;
+    for (int64_t s = 0; s < nseg; s++) {
         const struct attn_segment *sg = &w->segments[s];
-        const int64_t ntiles = (sg->q1 - sg->q0 + job.geo.rows_per_tile - 1) / job.geo.rows_per_tile;
-        start[s + 1] = start[s] + ntiles * w->Hk;
+        ntile[s] = (sg->q1 - sg->q0 + job.geo.rows_per_tile - 1) / job.geo.rows_per_tile;
+        unsplit_items += ntile[s] * w->Hk;
     }
-    const int64_t n = start[w->num_segments];
+    int64_t nparts = 0, max_rows = 0;
+    start[0] = 0;
+    for (int64_t s = 0; s < nseg; s++) {
+        const struct attn_segment *sg = &w->segments[s];
+        int64_t k0 = INT64_MAX, k1 = INT64_MIN;
+        for (int64_t i = sg->s0; i < sg->s1; i++) {
+            k0 = w->slices[i].k0 < k0 ? w->slices[i].k0 : k0;
+            k1 = w->slices[i].k1 > k1 ? w->slices[i].k1 : k1;
+        }
+        const int64_t rows = (sg->q1 - sg->q0) * G;
+        nsplit[s] = 1;
+        ksz[s] = 0;
+        if (rows <= SPLIT_MAX_ROWS && unsplit_items < SPLIT_MAX_ITEMS && k1 - k0 >= 2 * SPLIT_KEYS) {
+            /* chunks of SPLIT_KEYS, at most SPLIT_MAX_CHUNKS (longer chunks beyond) */
+            ksz[s] = SPLIT_KEYS;
+            if ((k1 - k0 + ksz[s] - 1) / ksz[s] > SPLIT_MAX_CHUNKS)
+                ksz[s] = (k1 - k0 + SPLIT_MAX_CHUNKS - 1) / SPLIT_MAX_CHUNKS;
+            nsplit[s] = (k1 - k0 + ksz[s] - 1) / ksz[s];
+        }
+        klo[s] = k0;
+        pstart[s] = nparts;
+        if (nsplit[s] > 1) {
+            nparts += w->Hk * nsplit[s];
+            max_rows = rows > max_rows ? rows : max_rows;
+            start[s + 1] = start[s] + w->Hk * nsplit[s];
+        } else {
+            start[s + 1] = start[s] + ntile[s] * w->Hk;
+        }
+    }
+    const int64_t n = start[nseg];
     int32_t nt = w->num_threads;
     if (nt > n) nt = (int32_t)(n > 0 ? n : 1);
 
     job.item_start = start;
-    job.ws_stride = (cpu_tiled_workspace_per_thread(w->Hq, w->Hk, w->D, w->Dv) + 63) / 64 * 64;
+    job.nsplit = nsplit;
+    job.klo = klo;
+    job.ksz = ksz;
+    job.part_start = pstart;
+    job.part_stride = max_rows * (w->Dv + 2);
+    size_t per_thread = cpu_tiled_workspace_per_thread(w->Hq, w->Hk, w->D, w->Dv);
+    const size_t combine_ws = (size_t)(max_rows * (w->Dv + 2)) * sizeof(float);
+    if (combine_ws > per_thread) per_thread = combine_ws;
+    job.ws_stride = (per_thread + 63) / 64 * 64;
     job.ws = aligned_alloc(64, job.ws_stride * (size_t)nt);
-    if (!job.ws) {
-        free(start);
+    job.partial = nparts > 0 ? malloc((size_t)(nparts * job.part_stride) * sizeof(float)) : NULL;
+    if (!job.ws || (nparts > 0 && !job.partial)) {
+        free(job.ws);
+        free(job.partial);
+        free(buf);
         return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "workspace: cannot allocate %zu bytes",
                                 job.ws_stride * (size_t)nt);
     }
     enum cflash_status st = cpu_parallel_for(nt, n, tiled_run_item, &job);
+    if (st == CFLASH_STATUS_OK && nparts > 0) {
+        int64_t pairs = 0;
+        for (int64_t s = 0; s < nseg; s++) pairs += nsplit[s] > 1 ? w->Hk : 0;
+        st = cpu_parallel_for(nt, pairs, tiled_combine, &job);
+    }
     free(job.ws);
-    free(start);
+    free(job.partial);
+    free(buf);
     return st;
 }
 

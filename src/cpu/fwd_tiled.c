@@ -504,7 +504,8 @@ static void apply_mask_bias(const struct attn_work *w, const struct attn_segment
 }
 
 void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry *g, int64_t seg,
-                         int64_t kvh, int64_t tile, void *wsp) {
+                         int64_t kvh, int64_t tile, int64_t klo, int64_t khi, float *partial,
+                         void *wsp) {
     const int64_t D = w->D, Dv = w->Dv, G = w->Hq / w->Hk, R = g->max_rows;
     const int64_t Dvp = round_up(Dv, VL);
     const struct attn_segment *sg = &w->segments[seg];
@@ -561,8 +562,10 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
         const struct attn_slice *sl = &w->slices[si];
         const int64_t rlo = i0 > sl->q0 ? i0 : sl->q0, rhi = i1 < sl->q1 ? i1 : sl->q1;
         if (rlo >= rhi) continue;
-        const int64_t clo = rlo + sl->dlo > sl->k0 ? rlo + sl->dlo : sl->k0;
-        const int64_t chi = rhi + sl->dhi < sl->k1 ? rhi + sl->dhi : sl->k1;
+        int64_t clo = rlo + sl->dlo > sl->k0 ? rlo + sl->dlo : sl->k0;
+        int64_t chi = rhi + sl->dhi < sl->k1 ? rhi + sl->dhi : sl->k1;
+        clo = clo > klo ? clo : klo; /* this item's share of the keys (split-KV) */
+        chi = chi < khi ? chi : khi;
         const int all_rows = rlo == i0 && rhi == i1;
 
         for (int64_t c0 = clo; c0 < chi; c0 += BC) {
@@ -676,33 +679,16 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
         }
     }
 
-    /* Normalize, add the sink, store out and lse. */
-    for (int64_t r = 0; r < nrows; r++) {
-        const int64_t i = i0 + r / G, h = kvh * G + r % G;
-        float m = t.m[r], l = t.l[r], oscale;
-        if (w->sinks) {
-            const float z = w->sinks[h * w->sinks_sh] * LOG2E;
-            const float mm = m > z ? m : z;
-            l = (m == -INFINITY ? 0.0f : l * exp2f(m - mm)) + exp2f(z - mm);
-            oscale = (m == -INFINITY ? 0.0f : exp2f(m - mm)) / l;
-            m = mm;
-        } else {
-            oscale = l > 0.0f ? 1.0f / l : 0.0f;
+    if (partial) { /* a split of the keys: unnormalized state, combined by dispatch.c */
+        float *pm = partial + nrows * Dv, *pl = pm + nrows;
+        for (int64_t r = 0; r < nrows; r++) {
+            memcpy(partial + r * Dv, t.o + r * Dvp, (size_t)Dv * sizeof(float));
+            pm[r] = t.m[r];
+            pl[r] = t.l[r];
         }
-        const float *orow = t.o + r * Dvp;
-        char *dst = w->out.data + (b * w->out.sb + i * w->out.st + h * w->out.sh) * (int64_t)dtype_size(w->out.dtype);
-        if (w->out.dtype == CFLASH_DTYPE_F32) {
-            float *df = (float *)(void *)dst;
-            for (int64_t d = 0; d < Dv; d++) df[d] = orow[d] * oscale;
-        } else {
-            for (int64_t d = 0; d < Dv; d++) store_f32(dst, w->out.dtype, d, orow[d] * oscale);
-        }
-        if (w->lse_data) {
-            float lse = l > 0.0f ? (m + log2f(l)) * LN2 : -INFINITY;
-            if (w->sinks && t.m[r] == -INFINITY) lse = w->sinks[h * w->sinks_sh]; /* exactly z */
-            w->lse_data[b * w->lse_sb + h * w->lse_sh + i * w->lse_st] = lse;
-        }
+        return;
     }
+    tiled_finalize(w, sg, kvh, i0, nrows, t.m, t.l, t.o, Dvp);
 }
 
 #if defined(CPU_ISA_GENERIC)
