@@ -251,6 +251,13 @@ enum cflash_status cflash_attn_range(const struct cflash_tensor *q, const struct
  * Errors are detected before anything is written: capacity (cache_seqlens[b] + Lnew beyond
  * Lmax or max_pages * page_size), page ids out of range, two batch entries appending to the
  * same cache row or page, dtype/shape mismatches: the cache is byte-for-byte unchanged.
+ * Rotary embedding on append (flash-attn's rotary_cos / rotary_sin; needs k_new): cos, sin
+ * [Lro, rotary_dim / 2] (fp32, fp16 or bf16), rotary_dim even and <= D. The new keys are
+ * rotated at positions cache_seqlens[b] + t before they are written; q is rotated (in a
+ * private fp32 copy; the caller's q is not changed) at cache_seqlens[b] + i when causal or a
+ * window is set, else every row at cache_seqlens[b]. Pairs are (x[j], x[j + rotary_dim / 2])
+ * (GPT-NeoX), or (x[2j], x[2j + 1]) with rotary_interleaved (GPT-J); dims >= rotary_dim pass.
+ * Lro must cover every position used.
  * Masks and biases are not supported with caches yet (UNSUPPORTED).
  */
 struct cflash_kvcache {
@@ -259,6 +266,9 @@ struct cflash_kvcache {
     const struct cflash_tensor *cache_seqlens;   /* int32 [B] */
     const struct cflash_tensor *cache_batch_idx; /* NULL or int32 [B] (contiguous only) */
     const struct cflash_tensor *block_table;     /* NULL (contiguous) or int32 [B, max_pages] */
+    const struct cflash_tensor *rotary_cos;      /* NULL or [Lro, rotary_dim / 2] */
+    const struct cflash_tensor *rotary_sin;      /* NULL or [Lro, rotary_dim / 2] */
+    int32_t rotary_interleaved;                  /* 0: GPT-NeoX halves, 1: GPT-J pairs */
 };
 
 enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,

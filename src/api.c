@@ -5,6 +5,7 @@
  * caller could have avoided, and nothing is written before validation succeeds.
  */
 #include "internal.h"
+#include "cpu/convert.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -651,7 +652,62 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
     CHECK(check_params(p, B, Hq));
     if (p->mask || p->bias)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: masks and biases with KV caches are not implemented yet", p->mask ? "mask" : "bias");
+
+    /* rotary embedding: tables, dims, and every position inside the tables */
+    struct rotary ro;
+    const struct cflash_tensor *rc = cache->rotary_cos, *rs = cache->rotary_sin;
+    const int q_per_row = p->causal || p->window_left != -1 || p->window_right != -1;
+    if (rc || rs) {
+        if (!rc || !rs) return INVALID("%s: rotary_cos and rotary_sin go together", rc ? "rotary_sin" : "rotary_cos");
+        if (!k_new) return INVALID("rotary_cos: rotary embedding needs k_new (it rotates the appended keys)");
+        CHECK(check_tensor("rotary_cos", rc, 2));
+        CHECK(check_tensor("rotary_sin", rs, 2));
+        CHECK(check_float("rotary_cos", rc));
+        if (rs->dtype != rc->dtype) return INVALID("rotary_sin: dtype must equal rotary_cos's");
+        if (rs->shape[0] != rc->shape[0] || rs->shape[1] != rc->shape[1]) return INVALID("rotary_sin: shape must equal rotary_cos's");
+        if (rc->shape[1] < 1 || 2 * rc->shape[1] > D)
+            return INVALID("rotary_cos: shape[1] = rotary_dim / 2 must be in [1, D / 2 = %lld], got %lld", (long long)(D / 2), (long long)rc->shape[1]);
+        if (cache->rotary_interleaved != 0 && cache->rotary_interleaved != 1)
+            return INVALID("rotary_interleaved: must be 0 or 1, got %d", (int)cache->rotary_interleaved);
+        if (rc->stride[0] != rs->stride[0] || rc->stride[1] != rs->stride[1])
+            return INVALID("rotary_sin: strides must equal rotary_cos's");
+        for (int64_t b = 0; b < B; b++) {
+            const int64_t s0 = i32_at(cache->cache_seqlens, b);
+            const int64_t last = s0 + (Lnew > (q_per_row ? Lq : 1) ? Lnew : (q_per_row ? Lq : 1)) - 1;
+            if (last >= rc->shape[0])
+                return INVALID("rotary_cos: batch %lld uses position %lld, the table has %lld rows", (long long)b, (long long)last, (long long)rc->shape[0]);
+        }
+        ro.cos = rc->data;
+        ro.sin = rs->data;
+        ro.dtype = rc->dtype;
+        ro.s0 = rc->stride[0];
+        ro.s1 = rc->stride[1];
+        ro.dim = 2 * rc->shape[1];
+        ro.interleaved = cache->rotary_interleaved;
+    }
     if (B == 0) return CFLASH_STATUS_OK;
+
+    /* the rotated queries: a private fp32 copy [B, Lq, Hq, D] */
+    float *qrot = NULL;
+    struct cflash_tensor qr;
+    if (rc && Lq > 0) {
+        qrot = malloc(sizeof(float) * (size_t)(B * Lq * Hq * D));
+        if (!qrot) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "q: cannot allocate the rotated copy");
+        const int64_t es = q->dtype == CFLASH_DTYPE_F32 ? 4 : 2;
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < Lq; i++)
+                for (int64_t h = 0; h < Hq; h++) {
+                    float *row = qrot + ((b * Lq + i) * Hq + h) * D;
+                    const char *src = (const char *)q->data + (b * q->stride[0] + i * q->stride[1] + h * q->stride[2]) * es;
+                    for (int64_t d = 0; d < D; d++) row[d] = load_f32(src, q->dtype, d);
+                    cpu_rotary(row, &ro, i32_at(cache->cache_seqlens, b) + (q_per_row ? i : 0));
+                }
+        qr = *q;
+        qr.data = qrot;
+        qr.dtype = CFLASH_DTYPE_F32;
+        qr.stride[3] = 1; qr.stride[2] = D; qr.stride[1] = Hq * D; qr.stride[0] = Lq * Hq * D;
+        q = &qr;
+    }
 
     /* plan: sequence b has rows [0, Lq) and keys [0, cache_seqlens[b] + Lnew) */
     int64_t *idx = malloc(sizeof(int64_t) * 4 * (size_t)B);
@@ -661,7 +717,7 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
     struct attn_plan plan;
     enum cflash_status st = plan_sequences(&plan, B, qs, lq, ks, lk, p);
     free(idx);
-    if (st) return st;
+    if (st) { free(qrot); return st; }
 
     struct attn_work w;
     fill_work(&w, 4, q, kc, vc, out, lse, p, B, Hq, Hk, D, Dv);
@@ -684,11 +740,13 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
             memset(&sg, 0, sizeof sg);
             sg.b = b;
             sg.kvb = bidx ? i32_at(bidx, b) : b;
-            cpu_kv_append(&w, &sg, i32_at(cache->cache_seqlens, b), Lnew, &kn, v_new ? &vn : NULL);
+            cpu_kv_append(&w, &sg, i32_at(cache->cache_seqlens, b), Lnew, &kn, v_new ? &vn : NULL,
+                          rc ? &ro : NULL);
         }
     }
     st = exec_work(&w, p, plan.segments, plan.num_segments, plan.slices);
     plan_free(&plan);
+    free(qrot);
     return st;
 }
 

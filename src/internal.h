@@ -143,10 +143,20 @@ typedef void (*parallel_fn)(void *ctx, int64_t item, int32_t thread);
 enum cflash_status cpu_parallel_for(int32_t num_threads, int64_t n, parallel_fn fn, void *ctx);
 
 /* ---- cpu backend ---- */
-/* Write Lnew new rows of k (and v, unless V := K) of segment sg's batch entry at cache
- * positions start .. start + Lnew - 1 (validated by the caller). */
+/* Rotary embedding tables: cos/sin element (pos, j) at cos[pos * s0 + j * s1]. */
+struct rotary {
+    const char *cos, *sin;
+    enum cflash_dtype dtype;
+    int64_t s0, s1, dim;
+    int interleaved;
+};
+/* Rotate the first ro->dim entries of x (fp32) to position pos. */
+void cpu_rotary(float *x, const struct rotary *ro, int64_t pos);
+/* Write Lnew new rows of k (rotated when ro != NULL) and v (unless V := K) of segment sg's
+ * batch entry at cache positions start .. start + Lnew - 1 (validated by the caller). */
 void cpu_kv_append(const struct attn_work *w, const struct attn_segment *sg, int64_t start,
-                   int64_t Lnew, const struct attn_operand *k_new, const struct attn_operand *v_new);
+                   int64_t Lnew, const struct attn_operand *k_new, const struct attn_operand *v_new,
+                   const struct rotary *ro);
 /* AUTO -> CFLASH_KERNEL or the best ISA; INVALID_ARGUMENT for an unknown CFLASH_KERNEL value,
  * UNSUPPORTED for a kernel this CPU cannot run. */
 enum cflash_status cpu_resolve_kernel(enum cflash_kernel requested, enum cflash_kernel *kernel);
