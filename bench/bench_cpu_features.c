@@ -1,6 +1,7 @@
 /*
- * bench_cpu_masks.c - range plans and key-side masks against our own dense kernel on the same
- * useful FLOPs (PERF.md peer `self_dense`).
+ * bench_cpu_features.c - range plans and key-side masks against our own dense kernel on the same
+ * useful FLOPs (PERF.md peer `self_dense`), and decode over a paged KV cache against the same
+ * decode over a contiguous cache (peer `self_contiguous`, GB/s of K+V read).
  *
  * Useful FLOPs = 2 * Hq * cells * (D + Dv), cells = visible (row, col) pairs of one head
  * (counted exactly: cflash_range_plan_visible_cells, or rows x kept keys for a key-side mask).
@@ -11,7 +12,7 @@
  * L2 <= 1e-2, a smoke check; the tests enforce SPEC's half-precision rule). Times are medians
  * of 5 after a warm-up; threads = CFLASH_NUM_THREADS or all cores.
  *
- * usage: bench_cpu_masks [--json PATH] [--threads N]
+ * usage: bench_cpu_features [--json PATH] [--threads N]
  */
 #include "cflash.h"
 
@@ -98,7 +99,7 @@ static double rel_l2(const struct cflash_tensor *a, const struct cflash_tensor *
     return sqrt(num / (den > 0 ? den : 1));
 }
 
-struct result { char name[160]; double ours, peer, err; int ok; };
+struct result { char name[160]; double ours, peer, err; int ok; const char *unit, *peer_name; };
 
 #define REPS 5
 typedef enum cflash_status (*call_fn)(void *ctx, const struct cflash_attn_params *p,
@@ -176,7 +177,7 @@ static double check_head0(call_fn fn, void *ctx, struct cflash_tensor *q, struct
 }
 
 int main(int argc, char **argv) {
-    const char *json = "bench/results/cpu_masks.json";
+    const char *json = "bench/results/cpu_features.json";
     int threads = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
@@ -185,7 +186,7 @@ int main(int argc, char **argv) {
     }
     if (threads <= 0) threads = cflash_default_num_threads();
     const int64_t H = 16, D = 128;
-    struct result res[16];
+    struct result res[32];
     int nres = 0;
     printf("useful FLOPs = 2 * Hq * cells * (D + Dv); peer self_dense = our dense full attention at L = sqrt(cells); %d threads\n", threads);
 
@@ -209,6 +210,8 @@ int main(int argc, char **argv) {
             p.num_threads = threads;
             const int64_t cells = cflash_range_plan_visible_cells(x.plan);
             struct result *r = &res[nres++];
+            r->unit = "GFLOP/s";
+            r->peer_name = "self_dense";
             const double t = time_call(call_range, &x, &p, &out);
             r->ours = 4.0 * (double)H * (double)cells * (double)D / t * 1e-9;
             r->err = check_head0(call_range, &x, &x.q, &x.k, &x.v, &out, p);
@@ -244,6 +247,8 @@ int main(int argc, char **argv) {
             p.mask_layout = CFLASH_LAYOUT_KEY_SIDE;
             const int64_t cells = L * kept;
             struct result *r = &res[nres++];
+            r->unit = "GFLOP/s";
+            r->peer_name = "self_dense";
             const double t = time_call(call_varlen, &x, &p, &out);
             r->ours = 4.0 * (double)H * (double)cells * (double)D / t * 1e-9;
             r->err = check_head0(call_varlen, &x, &x.q, &x.k, &x.v, &out, p);
@@ -257,6 +262,92 @@ int main(int argc, char **argv) {
         }
     }
 
+    /* decode (Lq = 1) over 32768 cached keys, 32:8 heads: a paged cache (pages shuffled) vs a
+     * contiguous one holding the same keys. GB/s = K+V bytes / time. */
+    for (int dti = 0; dti < 2; dti++) {
+        const enum cflash_dtype dt = dti ? CFLASH_DTYPE_BF16 : CFLASH_DTYPE_F32;
+        const int64_t Lk = 32768, Hq = 32, Hk = 8, es = dti ? 2 : 4;
+        struct cflash_tensor q = packed(1, Hq, D, dt, 1), out = packed(1, Hq, D, dt, 0);
+        q.ndim = out.ndim = 4; /* [1, 1, Hq, D] */
+        q.shape[3] = out.shape[3] = D; q.shape[2] = out.shape[2] = Hq; q.shape[1] = out.shape[1] = 1; q.shape[0] = out.shape[0] = 1;
+        q.stride[3] = out.stride[3] = 1; q.stride[2] = out.stride[2] = D; q.stride[1] = out.stride[1] = Hq * D; q.stride[0] = out.stride[0] = Hq * D;
+        struct cflash_tensor kc = packed(Lk, Hk, D, dt, 1), vc = packed(Lk, Hk, D, dt, 1);
+        int32_t seqlen = (int32_t)Lk;
+        struct cflash_tensor sl = i32(&seqlen, 1, 0);
+        struct cflash_tensor kc4 = kc, vc4 = vc;
+        kc4.ndim = vc4.ndim = 4;
+        kc4.shape[0] = vc4.shape[0] = 1; kc4.shape[1] = vc4.shape[1] = Lk; kc4.shape[2] = vc4.shape[2] = Hk; kc4.shape[3] = vc4.shape[3] = D;
+        kc4.stride[3] = vc4.stride[3] = 1; kc4.stride[2] = vc4.stride[2] = D; kc4.stride[1] = vc4.stride[1] = Hk * D; kc4.stride[0] = vc4.stride[0] = Lk * Hk * D;
+        struct cflash_kvcache contiguous = {&kc4, &vc4, &sl, NULL, NULL, NULL, NULL, 0};
+        struct cflash_attn_params p = cflash_attn_params_default();
+        p.num_threads = threads;
+        const double kv_bytes = 2.0 * (double)Lk * (double)Hk * (double)D * (double)es;
+        double tc[REPS], tmed;
+        for (int r = -1; r < REPS; r++) {
+            const double t0 = now_s();
+            if (cflash_attn_kvcache(&q, &contiguous, NULL, NULL, &out, NULL, &p)) { fprintf(stderr, "%s\n", cflash_last_error()); return 1; }
+            if (r >= 0) tc[r] = now_s() - t0;
+        }
+        qsort(tc, REPS, sizeof tc[0], cmp_double);
+        tmed = tc[REPS / 2];
+        const double contig_gbs = kv_bytes / tmed * 1e-9;
+        struct cflash_tensor ref_out = packed(1, Hq, D, CFLASH_DTYPE_F32, 0);
+        ref_out.ndim = 4; ref_out.shape[3] = D; ref_out.shape[2] = Hq; ref_out.shape[1] = 1; ref_out.shape[0] = 1;
+        ref_out.stride[3] = 1; ref_out.stride[2] = D; ref_out.stride[1] = Hq * D; ref_out.stride[0] = Hq * D;
+        struct cflash_attn_params pr = p;
+        pr.kernel = CFLASH_KERNEL_REFERENCE;
+        if (cflash_attn_kvcache(&q, &contiguous, NULL, NULL, &ref_out, NULL, &pr)) { fprintf(stderr, "%s\n", cflash_last_error()); return 1; }
+        const int64_t page_sizes[3] = {1, 16, 256};
+        for (int pi = 0; pi < 3; pi++) {
+            const int64_t ps = page_sizes[pi], np = Lk / ps;
+            /* the same keys in pages, the pages in shuffled order */
+            int32_t *tab = malloc(sizeof *tab * (size_t)np), *perm = malloc(sizeof *perm * (size_t)np);
+            for (int64_t i = 0; i < np; i++) perm[i] = (int32_t)i;
+            for (int64_t i = np - 1; i > 0; i--) { int64_t j = (int64_t)(urand() * (double)(i + 1)); int32_t x = perm[i]; perm[i] = perm[j]; perm[j] = x; }
+            struct cflash_tensor kp = packed(Lk, Hk, D, dt, 0), vp = packed(Lk, Hk, D, dt, 0);
+            for (int64_t lp = 0; lp < np; lp++) { /* logical page lp -> physical page perm[lp] */
+                tab[lp] = perm[lp];
+                memcpy((char *)kp.data + (size_t)(perm[lp] * ps * Hk * D * es), (char *)kc.data + (size_t)(lp * ps * Hk * D * es), (size_t)(ps * Hk * D * es));
+                memcpy((char *)vp.data + (size_t)(perm[lp] * ps * Hk * D * es), (char *)vc.data + (size_t)(lp * ps * Hk * D * es), (size_t)(ps * Hk * D * es));
+            }
+            struct cflash_tensor kp4 = kp, vp4 = vp, bt = i32(tab, 1, np);
+            kp4.ndim = vp4.ndim = 4;
+            kp4.shape[0] = vp4.shape[0] = np; kp4.shape[1] = vp4.shape[1] = ps; kp4.shape[2] = vp4.shape[2] = Hk; kp4.shape[3] = vp4.shape[3] = D;
+            kp4.stride[3] = vp4.stride[3] = 1; kp4.stride[2] = vp4.stride[2] = D; kp4.stride[1] = vp4.stride[1] = Hk * D; kp4.stride[0] = vp4.stride[0] = ps * Hk * D;
+            struct cflash_kvcache paged = {&kp4, &vp4, &sl, NULL, &bt, NULL, NULL, 0};
+            double tp[REPS];
+            for (int r = -1; r < REPS; r++) {
+                const double t0 = now_s();
+                if (cflash_attn_kvcache(&q, &paged, NULL, NULL, &out, NULL, &p)) { fprintf(stderr, "%s\n", cflash_last_error()); return 1; }
+                if (r >= 0) tp[r] = now_s() - t0;
+            }
+            qsort(tp, REPS, sizeof tp[0], cmp_double);
+            struct result *r = &res[nres++];
+            r->unit = "GB/s";
+            r->peer_name = "self_contiguous";
+            r->ours = kv_bytes / tp[REPS / 2] * 1e-9;
+            r->peer = contig_gbs;
+            { /* the last paged output against the reference, relative L2 over all Hq x D */
+                double num = 0, den = 0;
+                for (int64_t i = 0; i < Hq * D; i++) {
+                    float x;
+                    if (dt == CFLASH_DTYPE_F32) x = ((float *)out.data)[i];
+                    else { uint32_t u = (uint32_t)((uint16_t *)out.data)[i] << 16; memcpy(&x, &u, 4); }
+                    const double y = ((float *)ref_out.data)[i];
+                    num += (x - y) * (x - y);
+                    den += y * y;
+                }
+                r->err = sqrt(num / den);
+            }
+            r->ok = r->err <= (dt == CFLASH_DTYPE_F32 ? 1e-5 : 1e-2);
+            snprintf(r->name, sizeof r->name, "decode paged page_size=%lld %s D=128 Hq=32 Hk=8 Lk=32768 threads=%d",
+                     (long long)ps, dti ? "bf16" : "fp32", threads);
+            printf("%-80s %7.2f GB/s     contiguous %7.2f  ratio %.2f  err %.2e %s\n", r->name, r->ours, r->peer, r->ours / r->peer, r->err, r->ok ? "ok" : "FAIL");
+            free(tab); free(perm); free(kp.data); free(vp.data);
+        }
+        free(q.data); free(out.data); free(kc.data); free(vc.data); free(ref_out.data);
+    }
+
     FILE *f = fopen(json, "w");
     if (!f) { fprintf(stderr, "cannot write %s\n", json); return 1; }
     char date[32];
@@ -266,8 +357,8 @@ int main(int argc, char **argv) {
     int fails = 0;
     for (int i = 0; i < nres; i++) {
         fails += !res[i].ok;
-        fprintf(f, "  {\"case\": \"%s\", \"unit\": \"GFLOP/s\", \"ours\": %.2f, \"peer\": \"self_dense\", \"peer_value\": %.2f, \"ratio\": %.3f, \"correct\": %s, \"max_err\": %.3g}%s\n",
-                res[i].name, res[i].ours, res[i].peer, res[i].ours / res[i].peer, res[i].ok ? "true" : "false", res[i].err, i + 1 < nres ? "," : "");
+        fprintf(f, "  {\"case\": \"%s\", \"unit\": \"%s\", \"ours\": %.2f, \"peer\": \"%s\", \"peer_value\": %.2f, \"ratio\": %.3f, \"correct\": %s, \"max_err\": %.3g}%s\n",
+                res[i].name, res[i].unit, res[i].ours, res[i].peer_name, res[i].peer, res[i].ours / res[i].peer, res[i].ok ? "true" : "false", res[i].err, i + 1 < nres ? "," : "");
     }
     fprintf(f, " ]}\n");
     fclose(f);
