@@ -583,8 +583,10 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
             CHECK(check_dim("v_new", v_new, 3, Dv, "Dv"));
         }
     }
-    CHECK(check_output_layout("k_cache", kc));
-    if (vc) CHECK(check_output_layout("v_cache", vc));
+    if (Lnew > 0) { /* the caches are written: their rows must not overlap */
+        CHECK(check_output_layout("k_cache", kc));
+        if (vc) CHECK(check_output_layout("v_cache", vc));
+    }
 
     /* capacity, indices, and no two batch entries writing the same cache rows */
     const int64_t cap = (int64_t)1 << 40;
@@ -599,7 +601,8 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
         if (!written) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "block_table: out of memory");
         for (int64_t b = 0; b < B; b++) {
             const int64_t s0 = i32_at(cache->cache_seqlens, b), total = s0 + Lnew;
-            if (total > maxp * L1 || total > cap) {
+            const int64_t room = maxp > cap / L1 ? cap : maxp * L1; /* no int64 overflow */
+            if (total > room) {
                 free(written);
                 return INVALID("cache_seqlens: batch %lld needs %lld keys, the block table holds %lld (%lld pages of %lld)", (long long)b, (long long)total, (long long)(maxp * L1), (long long)maxp, (long long)L1);
             }
