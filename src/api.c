@@ -497,7 +497,7 @@ enum cflash_status cflash_attn_range(const struct cflash_tensor *q, const struct
     }
     if (p->causal) return INVALID("causal: must be 0 with a range plan (the plan's types set the masks)");
     if (p->window_left != -1 || p->window_right != -1)
-        return INVALID("window_left: the window must be (-1, -1) with a range plan");
+        return INVALID("%s: the window must be (-1, -1) with a range plan", p->window_left != -1 ? "window_left" : "window_right");
     if (p->alibi_slopes && p->alibi_slopes->ndim != 1)
         return INVALID("alibi_slopes: must have shape [Hq] with a range plan");
     CHECK(check_params(p, 1, Hq));

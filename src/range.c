@@ -144,11 +144,22 @@ enum cflash_status cflash_range_plan_create(cflash_range_plan_t *out_plan,
     if (!plan->unique) goto oom;
     for (int64_t a = 0; a < m; a++) plan->unique[a] = all[order[a].kept];
     plan->num_slices = m;
+    /* group_end[a]: one past the last slice with the same first row as a */
+    int64_t *group_end = malloc(sizeof *group_end * (size_t)(m > 0 ? m : 1));
+    if (!group_end) goto oom;
+    for (int64_t a = m - 1; a >= 0; a--)
+        group_end[a] = a + 1 < m && plan->unique[a + 1].q0 == plan->unique[a].q0 ? group_end[a + 1] : a + 1;
     /* exact overlap test on every pair whose rows and columns overlap */
     for (int64_t a = 0; a < m; a++) {
         const struct attn_slice *sa = &plan->unique[a];
         for (int64_t b = a + 1; b < m && plan->unique[b].q0 < sa->q1; b++) {
             const struct attn_slice *sb = &plan->unique[b];
+            if (sb->q0 == sa->q0 && sb->k0 >= sa->k1) {
+                /* same first row, sorted by first key: the rest of this group starts right of
+                 * a's columns; jump past it (column strips sharing rows stay linear) */
+                b = group_end[b] - 1;
+                continue;
+            }
             if (sb->k0 >= sa->k1 || sb->k1 <= sa->k0) continue;
             if (overlap_cell(sa, sb)) {
                 const int64_t ia = order[a].index, ib = order[b].index;
@@ -156,7 +167,7 @@ enum cflash_status cflash_range_plan_create(cflash_range_plan_t *out_plan,
                 const int32_t tl = attn_type_map ? at(attn_type_map, lo, 0) : 0;
                 const int32_t th = attn_type_map ? at(attn_type_map, hi, 0) : 0;
                 cflash_range_plan_destroy(plan);
-                free(all); free(order);
+                free(all); free(order); free(group_end);
                 return INVALID("q_ranges: slices %lld (q [%d, %d) k [%d, %d) %s) and %lld (q [%d, %d) k [%d, %d) %s) cover a common (row, col) cell",
                                (long long)lo, at(q_ranges, lo, 0), at(q_ranges, lo, 1), at(k_ranges, lo, 0), at(k_ranges, lo, 1), type_name(tl),
                                (long long)hi, at(q_ranges, hi, 0), at(q_ranges, hi, 1), at(k_ranges, hi, 0), at(k_ranges, hi, 1), type_name(th));
@@ -165,39 +176,81 @@ enum cflash_status cflash_range_plan_create(cflash_range_plan_t *out_plan,
     }
     free(all);
     free(order);
+    free(group_end);
     all = NULL;
     order = NULL;
 
-    /* group by row blocks: count, prefix, fill */
-    const int64_t nb = (Tq + RANGE_BLOCK_ROWS - 1) / RANGE_BLOCK_ROWS;
-    plan->num_segments = nb;
-    plan->segments = calloc((size_t)(nb > 0 ? nb : 1), sizeof *plan->segments);
-    if (!plan->segments) goto oom;
-    int64_t total = 0;
+    /* Segments: one per 128-row block that some slice touches, and one per maximal run of
+     * untouched blocks (its rows are empty rows), so memory follows the slices, not Tq.
+     * Covered block intervals come from merging the slices' block ranges in q0 order. */
+    int64_t *iv = malloc(sizeof *iv * (size_t)(3 * (m > 0 ? m : 1)));
+    if (!iv) goto oom;
+    int64_t niv = 0;
     for (int64_t a = 0; a < m; a++) {
-        const struct attn_slice *s = &plan->unique[a];
-        total += (s->q1 - 1) / RANGE_BLOCK_ROWS - s->q0 / RANGE_BLOCK_ROWS + 1;
-        for (int64_t blk = s->q0 / RANGE_BLOCK_ROWS; blk <= (s->q1 - 1) / RANGE_BLOCK_ROWS; blk++)
-            plan->segments[blk].s1++; /* count for now */
+        const int64_t bs = plan->unique[a].q0 / RANGE_BLOCK_ROWS, be = (plan->unique[a].q1 - 1) / RANGE_BLOCK_ROWS;
+        if (niv > 0 && bs <= iv[3 * (niv - 1) + 1] + 1) {
+            if (be > iv[3 * (niv - 1) + 1]) iv[3 * (niv - 1) + 1] = be;
+        } else {
+            iv[3 * niv] = bs;
+            iv[3 * niv + 1] = be;
+            niv++;
+        }
+    }
+    int64_t nseg = 0, blk_next = 0; /* count: covered blocks + non-empty gaps */
+    for (int64_t i = 0; i < niv; i++) {
+        nseg += (iv[3 * i] > blk_next) + (iv[3 * i + 1] - iv[3 * i] + 1);
+        blk_next = iv[3 * i + 1] + 1;
+    }
+    nseg += blk_next * RANGE_BLOCK_ROWS < Tq;
+    plan->num_segments = nseg;
+    plan->segments = calloc((size_t)(nseg > 0 ? nseg : 1), sizeof *plan->segments);
+    if (!plan->segments) { free(iv); goto oom; }
+    int64_t ns = 0;
+    blk_next = 0;
+    for (int64_t i = 0; i <= niv; i++) {
+        const int64_t gap_end = i < niv ? iv[3 * i] * RANGE_BLOCK_ROWS : Tq;
+        if (blk_next * RANGE_BLOCK_ROWS < gap_end) { /* untouched rows */
+            plan->segments[ns].q0 = blk_next * RANGE_BLOCK_ROWS;
+            plan->segments[ns].q1 = gap_end;
+            ns++;
+        }
+        if (i == niv) break;
+        iv[3 * i + 2] = ns; /* first segment of this interval */
+        for (int64_t blk = iv[3 * i]; blk <= iv[3 * i + 1]; blk++, ns++) {
+            plan->segments[ns].q0 = blk * RANGE_BLOCK_ROWS;
+            plan->segments[ns].q1 = min64(Tq, (blk + 1) * RANGE_BLOCK_ROWS);
+        }
+        blk_next = iv[3 * i + 1] + 1;
+    }
+    /* count, prefix, fill; slices are in q0 order, so their interval only moves forward */
+    int64_t total = 0, cur = 0;
+    for (int64_t a = 0; a < m; a++) {
+        const struct attn_slice *sl = &plan->unique[a];
+        const int64_t bs = sl->q0 / RANGE_BLOCK_ROWS, be = (sl->q1 - 1) / RANGE_BLOCK_ROWS;
+        while (iv[3 * cur + 1] < bs) cur++;
+        for (int64_t blk = bs; blk <= be; blk++) plan->segments[iv[3 * cur + 2] + blk - iv[3 * cur]].s1++;
+        total += be - bs + 1;
     }
     plan->slices = malloc(sizeof *plan->slices * (size_t)(total > 0 ? total : 1));
-    if (!plan->slices) goto oom;
+    if (!plan->slices) { free(iv); goto oom; }
     int64_t acc = 0;
-    for (int64_t blk = 0; blk < nb; blk++) {
-        struct attn_segment *sg = &plan->segments[blk];
+    for (int64_t g = 0; g < nseg; g++) {
+        struct attn_segment *sg = &plan->segments[g];
         const int64_t cnt = sg->s1;
         sg->b = sg->kvb = 0;
         sg->qorg = sg->korg = 0; /* plans index the global axes */
-        sg->q0 = blk * RANGE_BLOCK_ROWS;
-        sg->q1 = min64(Tq, sg->q0 + RANGE_BLOCK_ROWS);
-        sg->s0 = sg->s1 = acc; /* s1 advances while filling */
+        sg->s0 = sg->s1 = acc;   /* s1 advances while filling */
         acc += cnt;
     }
+    cur = 0;
     for (int64_t a = 0; a < m; a++) {
-        const struct attn_slice *s = &plan->unique[a];
-        for (int64_t blk = s->q0 / RANGE_BLOCK_ROWS; blk <= (s->q1 - 1) / RANGE_BLOCK_ROWS; blk++)
-            plan->slices[plan->segments[blk].s1++] = *s;
+        const struct attn_slice *sl = &plan->unique[a];
+        const int64_t bs = sl->q0 / RANGE_BLOCK_ROWS, be = (sl->q1 - 1) / RANGE_BLOCK_ROWS;
+        while (iv[3 * cur + 1] < bs) cur++;
+        for (int64_t blk = bs; blk <= be; blk++)
+            plan->slices[plan->segments[iv[3 * cur + 2] + blk - iv[3 * cur]].s1++] = *sl;
     }
+    free(iv);
     *out_plan = plan;
     return CFLASH_STATUS_OK;
 

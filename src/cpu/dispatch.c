@@ -255,14 +255,15 @@ enum cflash_status cpu_tiled_attention(const struct attn_work *w, enum cflash_ke
         const int64_t rows = (sg->q1 - sg->q0) * G;
         nsplit[s] = 1;
         ksz[s] = 0;
-        if (rows <= SPLIT_MAX_ROWS && unsplit_items < SPLIT_MAX_ITEMS && k1 - k0 >= 2 * SPLIT_KEYS) {
+        if (sg->s1 > sg->s0 && rows <= SPLIT_MAX_ROWS && unsplit_items < SPLIT_MAX_ITEMS &&
+            k1 - k0 >= 2 * SPLIT_KEYS) {
             /* chunks of SPLIT_KEYS, at most SPLIT_MAX_CHUNKS (longer chunks beyond) */
             ksz[s] = SPLIT_KEYS;
             if ((k1 - k0 + ksz[s] - 1) / ksz[s] > SPLIT_MAX_CHUNKS)
                 ksz[s] = (k1 - k0 + SPLIT_MAX_CHUNKS - 1) / SPLIT_MAX_CHUNKS;
             nsplit[s] = (k1 - k0 + ksz[s] - 1) / ksz[s];
         }
-        klo[s] = k0;
+        klo[s] = sg->s1 > sg->s0 ? k0 : 0;
         pstart[s] = nparts;
         if (nsplit[s] > 1) {
             nparts += w->Hk * nsplit[s];
