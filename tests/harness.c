@@ -187,6 +187,11 @@ int main(int argc, char **argv)
     register_misuse_tests();
     register_edge_tests();
     register_env_tests();
+    register_range_tests();
+    register_mask_tests();
+    register_kvcache_tests();
+    register_split_tests();
+    register_rotary_tests();
     tcase_add("api/every_case_in_a_ctest_group", groups_case, NULL, 0);
 
     int passed = 0, failed = 0, skipped = 0;

@@ -63,6 +63,11 @@ void register_merge_tests(void);
 void register_misuse_tests(void);
 void register_edge_tests(void);
 void register_env_tests(void);
+void register_range_tests(void);
+void register_mask_tests(void);
+void register_kvcache_tests(void);
+void register_split_tests(void);
+void register_rotary_tests(void); /* cases named kvcache/rotary/... */
 /* `cflash_tests --env-probe`: the child process of test_env.c */
 int env_probe_main(void);
 
@@ -164,8 +169,61 @@ int oracle_visible(int64_t i, int64_t j, int64_t Lq, int64_t Lk, int causal, int
  * o: [Tq][Hq][Dv]; lse: [Tq][Hq] (may be NULL). */
 void oracle_attn(const struct oracle_in *in, enum cflash_dtype mode, double *o, double *lse);
 
+/* ---- range plans (SPEC 4; range_oracle.c) ---------------------------------------------- */
+
+/* Visibility of global cell (row, col) under one slice, straight from SPEC 4's table. */
+int range_visible(int64_t qs, int64_t qe, int64_t ks, int64_t ke, int type, int64_t row,
+                  int64_t col);
+
+/* A plan as raw triplets: slice n = s[n] = {qs, qe, ks, ke, type}. */
+struct rplan {
+    int64_t n, cap, Tq, Tk;
+    int32_t (*s)[5];
+};
+void rplan_init(struct rplan *p, int64_t Tq, int64_t Tk);
+void rplan_add(struct rplan *p, int64_t qs, int64_t qe, int64_t ks, int64_t ke, int type);
+void rplan_free(struct rplan *p);
+/* Visible cells of slice n, counted cell by cell. */
+int64_t rplan_slice_cells(const struct rplan *p, int64_t n);
+
+/* The visible cells of every row, cell by cell: row r owns entries [row_start[r],
+ * row_start[r + 1]) of col / slice, sorted by column. Returns 1 for a valid plan; 0 if a cell is
+ * covered twice (ov_a < ov_b are then the first such pair found, at (ov_row, ov_col)). */
+struct rcells {
+    int64_t *row_start, *col, *slice;
+    int64_t total;
+    int64_t ov_a, ov_b, ov_row, ov_col;
+};
+int rcells_build(struct rcells *c, const struct rplan *p);
+void rcells_free(struct rcells *c);
+
+/* Attention over a plan (in->B, qoff, koff, causal, window are ignored; alibi is [Hq]), exact
+ * fp64 (mode F32) or naive same-precision (F16 / BF16), as oracle_attn. o: [Tq][Hq][Dv];
+ * lse: [Tq][Hq] or NULL. */
+void range_oracle_attn(const struct oracle_in *in, const struct rplan *p, const struct rcells *c,
+                       enum cflash_dtype mode, double *o, double *lse);
+
 /* Substring match of a whole identifier token: name occurs in msg delimited by
  * non-identifier characters. */
 int msg_names(const char *msg, const char *name);
+
+/* ---- boolean mask and additive bias (SPEC 5; mask_oracle.c) ---------------------------- */
+
+/* A mask (uint8, nonzero = keep) or bias tensor and its layout (enum cflash_layout); t NULL:
+ * none. */
+struct mask_src {
+    const struct cflash_tensor *t;
+    int layout;
+};
+/* The multi-index of the element that score (b, h, i, j) reads, by SPEC 5's table (query head
+ * h reads variant h / (Hq / Hv), Hv = t->shape[1]). qoff / koff: [B + 1] token offsets.
+ * Returns the tensor's rank. */
+int mask_elem_index(const struct mask_src *m, int64_t Hq, const int64_t *qoff,
+                    const int64_t *koff, int64_t b, int64_t h, int64_t i, int64_t j, int64_t *idx);
+/* oracle_attn with a mask and a bias (either may be NULL or have t NULL): masked keys are
+ * invisible; the bias is added after the softcap. nvis: [Tq][Hq] visible-key counts, or NULL. */
+void mask_oracle_attn(const struct oracle_in *in, const struct mask_src *mask,
+                      const struct mask_src *bias, enum cflash_dtype mode, double *o, double *lse,
+                      int64_t *nvis);
 
 #endif
