@@ -62,7 +62,6 @@ typedef float vf __attribute__((vector_size(VL * 4), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(VL * 4), aligned(4)));
 
 static const float LOG2E = 1.4426950408889634f;
-static const float LN2 = 0.6931471805599453f;
 
 /* Unaligned loads and stores (vf has 4-byte alignment; GCC lets vectors alias their element
  * type). Not memcpy: GCC's generic tuning splits a 32-byte memcpy into 16-byte moves. */
@@ -348,11 +347,11 @@ static void qk_tile_bf16(const uint16_t *const *kp, int ncols, int64_t D, const 
 
 /* V rows c0 + 2 cp, c0 + 2 cp + 1 -> vp[cp][d] = (v[2cp][d], v[2cp+1][d]); zero padded. */
 static void pack_v_pairs(uint32_t *vp, const struct attn_work *w, const struct attn_segment *sg,
-                         int64_t kvh, int64_t c0, int ncols, int64_t Dvp) {
+                         int64_t kvh, const int64_t *col, int ncols, int64_t Dvp) {
     const int64_t Dv = w->Dv;
     for (int cp = 0; cp < (ncols + 1) / 2; cp++) {
-        const uint16_t *v0 = (const uint16_t *)(const void *)kv_row(w, &w->v, sg, c0 + 2 * cp, kvh);
-        const uint16_t *v1 = 2 * cp + 1 < ncols ? (const uint16_t *)(const void *)kv_row(w, &w->v, sg, c0 + 2 * cp + 1, kvh) : NULL;
+        const uint16_t *v0 = (const uint16_t *)(const void *)kv_row(w, &w->v, sg, col[2 * cp], kvh);
+        const uint16_t *v1 = 2 * cp + 1 < ncols ? (const uint16_t *)(const void *)kv_row(w, &w->v, sg, col[2 * cp + 1], kvh) : NULL;
         uint32_t *dst = vp + cp * Dvp;
         int64_t d = 0;
         for (; d + 16 <= Dv; d += 16) {
@@ -430,15 +429,25 @@ static inline void convert_row(float *restrict dst, const char *src, enum cflash
     load_row_f32(dst, src, t, n, 1.0f);
 }
 
-/* The vector score rules of VL rows at key c: the bf16 path's deferred scale, softcap,
- * ALiBi, and the per-row visible interval [lo, hi). */
+/* The first c in [0, n) with col[c] >= x (n if none); col is increasing. */
+static inline int64_t first_at_least(const int64_t *col, int n, int64_t x) {
+    int lo = 0, hi = n;
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (col[mid] < x) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+/* The vector score rules of VL rows at tile column c (key col[c] = c0 + colf): the bf16 path's
+ * deferred scale, softcap, ALiBi, and the per-row visible interval [lo, hi) of columns. */
 static inline __attribute__((always_inline)) vf score_rules(
-    vf s, int c, const int32_t *lo_p, const int32_t *hi_p, const float *slope_p,
+    vf s, int c, float colf, const int32_t *lo_p, const int32_t *hi_p, const float *slope_p,
     const float *adiag_p, int bf16dot, float qmul, int softcap, float cap2, float inv_cap,
     int alibi, int masked) {
     if (bf16dot) s *= qmul;
     if (softcap) s = cap2 * vtanh(s * inv_cap);
-    if (alibi) s -= vload(slope_p) * vabs((float)c - vload(adiag_p));
+    if (alibi) s -= vload(slope_p) * vabs(colf - vload(adiag_p));
     if (masked) {
         vi lo, hi;
         memcpy(&lo, lo_p, sizeof lo);
@@ -465,8 +474,8 @@ static int mask_tile_any(const struct attn_work *w, const struct attn_segment *s
 /* Boolean mask (-inf where 0) and additive bias (times log2 e: scores are base 2) on the
  * visible columns [lo, hi) of every row, after the softcap. */
 static void apply_mask_bias(const struct attn_work *w, const struct attn_segment *sg, int64_t kvh,
-                            int64_t G, int64_t i0, int64_t nrows, int64_t c0, const int32_t *lo,
-                            const int32_t *hi, float *st, int64_t R) {
+                            int64_t G, int64_t i0, int64_t nrows, const int64_t *col,
+                            const int32_t *lo, const int32_t *hi, float *st, int64_t R) {
     const struct attn_scoresrc *m = &w->mask, *bs = &w->bias;
     /* Key-side sources read by one variant for the whole tile (Hv in {1, Hk}): one mask byte
      * and one bias value per key, applied to all rows as vectors. Rows outside their visible
@@ -475,16 +484,16 @@ static void apply_mask_bias(const struct attn_work *w, const struct attn_segment
                         (!bs->data || (bs->sq == 0 && bs->hdiv >= G));
     if (per_key) {
         const int64_t h = kvh * G, arows = round_up(nrows, VL);
-        const int64_t moff = m->data ? scoresrc_offset(m, sg, h, i0, c0) : 0;
-        const int64_t boff = bs->data ? scoresrc_offset(bs, sg, h, i0, c0) : 0;
+        const int64_t moff = m->data ? scoresrc_offset(m, sg, h, i0, 0) : 0; /* key 0; linear in key */
+        const int64_t boff = bs->data ? scoresrc_offset(bs, sg, h, i0, 0) : 0;
         int cmax = 0;
         for (int64_t r = 0; r < nrows; r++) cmax = hi[r] > cmax ? hi[r] : cmax;
         for (int c = 0; c < cmax; c++) {
             float *sp = st + c * R;
-            if (m->data && !m->data[moff + c * m->sk]) {
+            if (m->data && !m->data[moff + col[c] * m->sk]) {
                 for (int64_t r = 0; r < arows; r += VL) vstore(sp + r, vset1(-INFINITY));
             } else if (bs->data) {
-                const float add = LOG2E * load_f32(bs->data, bs->dtype, boff + c * bs->sk);
+                const float add = LOG2E * load_f32(bs->data, bs->dtype, boff + col[c] * bs->sk);
                 for (int64_t r = 0; r < arows; r += VL) vstore(sp + r, vload(sp + r) + add);
             }
         }
@@ -493,12 +502,12 @@ static void apply_mask_bias(const struct attn_work *w, const struct attn_segment
     for (int64_t r = 0; r < nrows; r++) {
         if (lo[r] >= hi[r]) continue;
         const int64_t h = kvh * G + r % G, i = i0 + r / G;
-        const int64_t moff = m->data ? scoresrc_offset(m, sg, h, i, c0) : 0;
-        const int64_t boff = bs->data ? scoresrc_offset(bs, sg, h, i, c0) : 0;
+        const int64_t moff = m->data ? scoresrc_offset(m, sg, h, i, 0) : 0;
+        const int64_t boff = bs->data ? scoresrc_offset(bs, sg, h, i, 0) : 0;
         for (int c = lo[r]; c < hi[r]; c++) {
             float *sp = st + c * R + r;
-            if (m->data && !m->data[moff + c * m->sk]) *sp = -INFINITY;
-            else if (bs->data) *sp += LOG2E * load_f32(bs->data, bs->dtype, boff + c * bs->sk);
+            if (m->data && !m->data[moff + col[c] * m->sk]) *sp = -INFINITY;
+            else if (bs->data) *sp += LOG2E * load_f32(bs->data, bs->dtype, boff + col[c] * bs->sk);
         }
     }
 }
@@ -555,6 +564,13 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
     memset(t.o, 0, (size_t)(prows * Dvp) * sizeof(float));
 
     const float *kp[BC], *vp[BC];
+    int64_t col[BC];  /* key index of each tile column */
+    float colf[BC];   /* col[c] - col[0], for ALiBi */
+    /* Key compaction: a mask that depends only on the key for all rows of this item (key-side,
+     * or dense broadcast over queries, with one head variant for the G heads) selects the kept
+     * keys before anything is loaded, so a 70% mask costs 70% of the work, not 100%. */
+    const int compact = w->mask.data && w->mask.sq == 0 && w->mask.hdiv >= G;
+    const int64_t compact_off = compact ? scoresrc_offset(&w->mask, sg, kvh * G, i0, 0) : 0;
 #if BF16_DOT
     const uint16_t *kp16[BC];
 #endif
@@ -568,24 +584,34 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
         chi = chi < khi ? chi : khi;
         const int all_rows = rlo == i0 && rhi == i1;
 
-        for (int64_t c0 = clo; c0 < chi; c0 += BC) {
-            const int64_t c1 = c0 + BC < chi ? c0 + BC : chi;
-            const int ncols = (int)(c1 - c0);
+        for (int64_t cur = clo; cur < chi;) {
+            /* The tile's key columns col[0..ncols): the next BC keys, or with a key-side mask
+             * the next BC kept keys (masked keys are never loaded or computed). */
+            int ncols = 0;
+            if (compact) {
+                for (; cur < chi && ncols < BC; cur++)
+                    if (w->mask.data[compact_off + cur * w->mask.sk]) col[ncols++] = cur;
+                if (ncols == 0) break;
+            } else {
+                for (; cur < chi && ncols < BC; cur++) col[ncols++] = cur;
+            }
+            const int64_t c0 = col[0], clast = col[ncols - 1];
+            for (int c = 0; c < ncols; c++) colf[c] = (float)(col[c] - c0);
             /* Every (row, col) of the tile visible: skip the per-row clipping. */
-            const int full = all_rows && c0 - (i1 - 1) >= sl->dlo && (c1 - 1) - i0 <= sl->dhi;
-            if (w->mask.data && !mask_tile_any(w, sg, kvh, G, i0, nrows, c0, ncols)) continue;
+            const int full = !compact && all_rows && c0 - (i1 - 1) >= sl->dlo && clast - i0 <= sl->dhi;
+            if (w->mask.data && !compact && !mask_tile_any(w, sg, kvh, G, i0, nrows, c0, ncols)) continue;
 
 #if BF16_DOT
             if (bf16dot) {
                 for (int c = 0; c < ncols; c++)
-                    kp16[c] = (const uint16_t *)(const void *)kv_row(w, &w->k, sg, c0 + c, kvh);
-                pack_v_pairs((uint32_t *)(void *)t.vb, w, sg, kvh, c0, ncols, Dvp);
+                    kp16[c] = (const uint16_t *)(const void *)kv_row(w, &w->k, sg, col[c], kvh);
+                pack_v_pairs((uint32_t *)(void *)t.vb, w, sg, kvh, col, ncols, Dvp);
                 qk_tile_bf16(kp16, ncols, D, (const uint32_t *)(void *)t.qt, R, arows, t.st);
             } else
 #endif
             for (int c = 0; c < ncols; c++) {
-                const char *kr = kv_row(w, &w->k, sg, c0 + c, kvh);
-                const char *vr = kv_row(w, &w->v, sg, c0 + c, kvh);
+                const char *kr = kv_row(w, &w->k, sg, col[c], kvh);
+                const char *vr = kv_row(w, &w->v, sg, col[c], kvh);
                 if (k_direct) {
                     kp[c] = (const float *)(const void *)kr;
                 } else {
@@ -617,6 +643,10 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
                 int64_t lo = 0, hi = ncols;
                 if (r >= nrows || i < sl->q0 || i >= sl->q1) {
                     lo = hi = 0;
+                } else if (compact) {
+                    /* visible keys [i + dlo, i + dhi] are a run of the increasing col[] */
+                    lo = first_at_least(col, ncols, i + sl->dlo);
+                    hi = first_at_least(col, ncols, i + sl->dhi + 1);
                 } else if (!full) {
                     const int64_t a = i + sl->dlo - c0, z = i + sl->dhi + 1 - c0;
                     lo = a > 0 ? a : 0;
@@ -636,17 +666,17 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
             for (int64_t r = 0; msrc && r < arows; r += VL)
                 for (int c = 0; c < ncols; c++) {
                     float *sp = t.st + c * R + r;
-                    vstore(sp, score_rules(vload(sp), c, t.lo + r, t.hi + r, t.slope + r, t.adiag + r,
+                    vstore(sp, score_rules(vload(sp), c, colf[c], t.lo + r, t.hi + r, t.slope + r, t.adiag + r,
                                            bf16dot, qmul, softcap, cap2, inv_cap, w->alibi != NULL, masked));
                 }
-            if (msrc) apply_mask_bias(w, sg, kvh, G, i0, nrows, c0, t.lo, t.hi, t.st, R);
+            if (msrc) apply_mask_bias(w, sg, kvh, G, i0, nrows, col, t.lo, t.hi, t.st, R);
             for (int64_t r = 0; r < arows; r += VL) {
                 vf mx = vset1(-INFINITY);
                 for (int c = 0; c < ncols; c++) {
                     float *sp = t.st + c * R + r;
                     vf s = vload(sp);
                     if (!msrc) {
-                        s = score_rules(s, c, t.lo + r, t.hi + r, t.slope + r, t.adiag + r, bf16dot,
+                        s = score_rules(s, c, colf[c], t.lo + r, t.hi + r, t.slope + r, t.adiag + r, bf16dot,
                                         qmul, softcap, cap2, inv_cap, w->alibi != NULL, masked);
                         vstore(sp, s);
                     }
