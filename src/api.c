@@ -281,6 +281,18 @@ static enum cflash_status check_qkvo(int rank, const struct cflash_tensor *q, co
     return CFLASH_STATUS_OK;
 }
 
+/* lse: NULL, or fp32 [B, Hq, T] (dense, rank 3) / [Hq, T] (packed, rank 2), an output. */
+static enum cflash_status check_lse(const struct cflash_tensor *lse, int dense, int64_t B,
+                                    int64_t Hq, int64_t T) {
+    if (!lse) return CFLASH_STATUS_OK;
+    CHECK(check_tensor("lse", lse, dense ? 3 : 2));
+    CHECK(check_dtype("lse", lse, CFLASH_DTYPE_F32));
+    if (dense) CHECK(check_dim("lse", lse, 0, B, "B"));
+    CHECK(check_dim("lse", lse, dense, Hq, "Hq"));
+    CHECK(check_dim("lse", lse, dense + 1, T, dense ? "Lq" : "Tq"));
+    return check_output_layout("lse", lse);
+}
+
 static void operand(struct attn_operand *o, const struct cflash_tensor *t, int rank) {
     o->data = t->data;
     o->dtype = t->dtype;
@@ -375,14 +387,7 @@ enum cflash_status cflash_attn_dense(const struct cflash_tensor *q, const struct
     int64_t Hq = 0, Hk = 0, D = 0, Dv = 0;
     CHECK(check_qkvo(4, q, k, v, out, &Hq, &Hk, &D, &Dv));
     const int64_t B = q->shape[0], Lq = q->shape[1], Lk = k->shape[1];
-    if (lse) {
-        CHECK(check_tensor("lse", lse, 3));
-        CHECK(check_dtype("lse", lse, CFLASH_DTYPE_F32));
-        CHECK(check_dim("lse", lse, 0, B, "B"));
-        CHECK(check_dim("lse", lse, 1, Hq, "Hq"));
-        CHECK(check_dim("lse", lse, 2, Lq, "Lq"));
-        CHECK(check_output_layout("lse", lse));
-    }
+    CHECK(check_lse(lse, 1, B, Hq, Lq));
     CHECK(check_params(p, B, Hq));
     struct attn_scoresrc mask, bias;
     CHECK(check_scoresrc("mask", p->mask, p->mask_layout, 1, 0, B, Hq, Hk, Lq, Lk, 0, 0, &mask));
@@ -440,13 +445,7 @@ enum cflash_status cflash_attn_varlen(const struct cflash_tensor *q, const struc
     CHECK(check_cu_seqlens("cu_seqlens_q", "max_seqlen_q", cu_seqlens_q, -1, Tq, max_seqlen_q));
     const int64_t B = cu_seqlens_q->shape[0] - 1;
     CHECK(check_cu_seqlens("cu_seqlens_k", "max_seqlen_k", cu_seqlens_k, B, Tk, max_seqlen_k));
-    if (lse) {
-        CHECK(check_tensor("lse", lse, 2));
-        CHECK(check_dtype("lse", lse, CFLASH_DTYPE_F32));
-        CHECK(check_dim("lse", lse, 0, Hq, "Hq"));
-        CHECK(check_dim("lse", lse, 1, Tq, "Tq"));
-        CHECK(check_output_layout("lse", lse));
-    }
+    CHECK(check_lse(lse, 0, 1, Hq, Tq));
     CHECK(check_params(p, B, Hq));
     const int32_t *cq = cu_seqlens_q->data, *ck = cu_seqlens_k->data;
     const int64_t sq = cu_seqlens_q->stride[0], sk = cu_seqlens_k->stride[0];
@@ -488,13 +487,7 @@ enum cflash_status cflash_attn_range(const struct cflash_tensor *q, const struct
     const int64_t Tq = q->shape[0], Tk = k->shape[0];
     if (Tq != plan->Tq) return INVALID("q: the plan was made for Tq = %lld tokens, q has %lld", (long long)plan->Tq, (long long)Tq);
     if (Tk != plan->Tk) return INVALID("k: the plan was made for Tk = %lld tokens, k has %lld", (long long)plan->Tk, (long long)Tk);
-    if (lse) {
-        CHECK(check_tensor("lse", lse, 2));
-        CHECK(check_dtype("lse", lse, CFLASH_DTYPE_F32));
-        CHECK(check_dim("lse", lse, 0, Hq, "Hq"));
-        CHECK(check_dim("lse", lse, 1, Tq, "Tq"));
-        CHECK(check_output_layout("lse", lse));
-    }
+    CHECK(check_lse(lse, 0, 1, Hq, Tq));
     if (p->causal) return INVALID("causal: must be 0 with a range plan (the plan's types set the masks)");
     if (p->window_left != -1 || p->window_right != -1)
         return INVALID("%s: the window must be (-1, -1) with a range plan", p->window_left != -1 ? "window_left" : "window_right");
@@ -644,14 +637,7 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
                         return INVALID("cache_batch_idx: entries %lld and %lld both append to cache row %lld", (long long)b2, (long long)b, (long long)row);
         }
     }
-    if (lse) {
-        CHECK(check_tensor("lse", lse, 3));
-        CHECK(check_dtype("lse", lse, CFLASH_DTYPE_F32));
-        CHECK(check_dim("lse", lse, 0, B, "B"));
-        CHECK(check_dim("lse", lse, 1, Hq, "Hq"));
-        CHECK(check_dim("lse", lse, 2, Lq, "Lq"));
-        CHECK(check_output_layout("lse", lse));
-    }
+    CHECK(check_lse(lse, 1, B, Hq, Lq));
     CHECK(check_params(p, B, Hq));
     if (p->mask || p->bias)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: masks and biases with KV caches are not implemented yet", p->mask ? "mask" : "bias");
