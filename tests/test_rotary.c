@@ -55,6 +55,10 @@ static struct cflash_tensor t4(void *d, enum cflash_dtype dt, int64_t a, int64_t
 static void rotary_case(const void *arg)
 {
     const struct rcase *rc = arg;
+    if (!cflash_kernel_available(rc->kernel)) {
+        tskip("kernel %s is not available on this machine", cflash_kernel_name(rc->kernel));
+        return;
+    }
     const enum cflash_dtype dt = rc->dtype;
     const int es = dt == CFLASH_DTYPE_F32 ? 4 : 2, rd = rc->rd, half = rd / 2;
     struct rng r = {0x7a11 + (uint64_t)(rc->kernel * 131 + dt * 17 + rc->interleaved * 7 + rc->causal * 3 + rc->paged)};
