@@ -168,6 +168,11 @@ int oracle_visible(int64_t i, int64_t j, int64_t Lq, int64_t Lk, int causal, int
  * dtype, dot products accumulated in fp32 (as a matmul would).
  * o: [Tq][Hq][Dv]; lse: [Tq][Hq] (may be NULL). */
 void oracle_attn(const struct oracle_in *in, enum cflash_dtype mode, double *o, double *lse);
+/* The end of one oracle row, shared by every oracle: the n visible scores s (overwritten) with
+ * their maximum m, an optional sink logit, and the value row of each visible key -> out[Dv] and
+ * *lse (may be NULL). n == 0: out 0, lse = the sink or -inf. mode as oracle_attn. */
+void oracle_softmax_row(enum cflash_dtype mode, double *s, int64_t n, double m, const double *sink,
+                        const double *const *vrows, int64_t Dv, double *out, double *lse);
 
 /* ---- range plans (SPEC 4; range_oracle.c) ---------------------------------------------- */
 

@@ -67,6 +67,7 @@ void mask_oracle_attn(const struct oracle_in *in, const struct mask_src *mask,
         if (in->koff[b + 1] - in->koff[b] > maxLk)
             maxLk = in->koff[b + 1] - in->koff[b];
     double *s = malloc((size_t)maxLk * sizeof *s);
+    const double **vr = malloc((size_t)maxLk * sizeof *vr);
     char *vis = malloc((size_t)maxLk);
     for (int64_t b = 0; b < in->B; b++) {
         const int64_t Lq = in->qoff[b + 1] - in->qoff[b], Lk = in->koff[b + 1] - in->koff[b];
@@ -111,67 +112,19 @@ void mask_oracle_attn(const struct oracle_in *in, const struct mask_src *mask,
                         double dist = fabs((double)(i + Lk - Lq - j));
                         sj = rnd(mode, sj - rnd(mode, slope * dist));
                     }
-                    s[j] = sj;
+                    s[count - 1] = sj;
+                    vr[count - 1] = in->v + ((in->koff[b] + j) * Hk + g) * Dv;
                     if (sj > m)
                         m = sj;
                 }
                 if (nvis)
                     nvis[tq * Hq + h] = count;
-                double z = in->sinks ? rnd(mode, in->sinks[h]) : -INFINITY;
-                if (!count) {
-                    for (int64_t d = 0; d < Dv; d++)
-                        oi[d] = 0;
-                    if (lse)
-                        lse[tq * Hq + h] = in->sinks ? in->sinks[h] : -INFINITY;
-                    continue;
-                }
-                if (z > m)
-                    m = z;
-                double sum;
-                if (exact) {
-                    sum = in->sinks ? exp(z - m) : 0;
-                    for (int64_t j = 0; j < Lk; j++)
-                        if (vis[j]) {
-                            s[j] = exp(s[j] - m);
-                            sum += s[j];
-                        }
-                } else {
-                    float acc = in->sinks ? (float)rnd(mode, exp(rnd(mode, z - m))) : 0.0f;
-                    for (int64_t j = 0; j < Lk; j++)
-                        if (vis[j]) {
-                            s[j] = rnd(mode, exp(rnd(mode, s[j] - m)));
-                            acc += (float)s[j];
-                        }
-                    sum = rnd(mode, acc);
-                }
-                if (lse)
-                    lse[tq * Hq + h] = m + log(sum);
-                if (exact) {
-                    for (int64_t d = 0; d < Dv; d++)
-                        oi[d] = 0;
-                    for (int64_t j = 0; j < Lk; j++) {
-                        if (!vis[j])
-                            continue;
-                        const double *vj = in->v + ((in->koff[b] + j) * Hk + g) * Dv;
-                        double p = s[j] / sum;
-                        for (int64_t d = 0; d < Dv; d++)
-                            oi[d] += p * vj[d];
-                    }
-                } else {
-                    for (int64_t d = 0; d < Dv; d++) {
-                        float acc = 0;
-                        for (int64_t j = 0; j < Lk; j++) {
-                            if (!vis[j])
-                                continue;
-                            const double *vj = in->v + ((in->koff[b] + j) * Hk + g) * Dv;
-                            acc += (float)rnd(mode, s[j] / sum) * (float)vj[d];
-                        }
-                        oi[d] = rnd(mode, acc);
-                    }
-                }
+                oracle_softmax_row(mode, s, count, m, in->sinks ? &in->sinks[h] : NULL, vr, Dv, oi,
+                                   lse ? &lse[tq * Hq + h] : NULL);
             }
         }
     }
     free(s);
+    free(vr);
     free(vis);
 }

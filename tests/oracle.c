@@ -31,6 +31,53 @@ static double rnd(enum cflash_dtype mode, double x)
     return mode == CFLASH_DTYPE_F32 ? x : round_to(mode, x);
 }
 
+void oracle_softmax_row(enum cflash_dtype mode, double *s, int64_t n, double m, const double *sink,
+                        const double *const *vrows, int64_t Dv, double *out, double *lse)
+{
+    const int exact = mode == CFLASH_DTYPE_F32;
+    if (n == 0) {
+        /* no visible key: out 0 whatever the sink; lse is the sink logit or -inf */
+        for (int64_t d = 0; d < Dv; d++)
+            out[d] = 0;
+        if (lse)
+            *lse = sink ? *sink : -INFINITY;
+        return;
+    }
+    const double z = sink ? rnd(mode, *sink) : -INFINITY;
+    if (z > m)
+        m = z;
+    double sum;
+    if (exact) {
+        sum = sink ? exp(z - m) : 0;
+        for (int64_t e = 0; e < n; e++) {
+            s[e] = exp(s[e] - m);
+            sum += s[e];
+        }
+    } else {
+        float acc = sink ? (float)rnd(mode, exp(rnd(mode, z - m))) : 0.0f;
+        for (int64_t e = 0; e < n; e++) {
+            s[e] = rnd(mode, exp(rnd(mode, s[e] - m)));
+            acc += (float)s[e];
+        }
+        sum = rnd(mode, acc);
+    }
+    if (lse)
+        *lse = m + log(sum);
+    for (int64_t d = 0; d < Dv; d++) {
+        if (exact) {
+            double acc = 0;
+            for (int64_t e = 0; e < n; e++)
+                acc += s[e] / sum * vrows[e][d];
+            out[d] = acc;
+        } else {
+            float acc = 0;
+            for (int64_t e = 0; e < n; e++)
+                acc += (float)rnd(mode, s[e] / sum) * (float)vrows[e][d];
+            out[d] = rnd(mode, acc);
+        }
+    }
+}
+
 void oracle_attn(const struct oracle_in *in, enum cflash_dtype mode, double *o, double *lse)
 {
     const int exact = mode == CFLASH_DTYPE_F32;
@@ -40,6 +87,7 @@ void oracle_attn(const struct oracle_in *in, enum cflash_dtype mode, double *o, 
         if (in->koff[b + 1] - in->koff[b] > maxLk)
             maxLk = in->koff[b + 1] - in->koff[b];
     double *s = malloc((size_t)maxLk * sizeof *s);
+    const double **vr = malloc((size_t)maxLk * sizeof *vr);
     char *vis = malloc((size_t)maxLk);
     for (int64_t b = 0; b < in->B; b++) {
         const int64_t Lq = in->qoff[b + 1] - in->qoff[b], Lk = in->koff[b + 1] - in->koff[b];
@@ -50,13 +98,12 @@ void oracle_attn(const struct oracle_in *in, enum cflash_dtype mode, double *o, 
                 const double *qi = in->q + (tq * Hq + h) * D;
                 double *oi = o + (tq * Hq + h) * Dv;
                 double m = -INFINITY;
-                int any = 0;
+                int64_t n = 0;
                 for (int64_t j = 0; j < Lk; j++) {
                     vis[j] = (char)oracle_visible(i, j, Lq, Lk, in->causal, in->align, in->wl,
                                                   in->wr);
                     if (!vis[j])
                         continue;
-                    any = 1;
                     const double *kj = in->k + ((in->koff[b] + j) * Hk + g) * D;
                     double sj;
                     if (exact) {
@@ -79,66 +126,17 @@ void oracle_attn(const struct oracle_in *in, enum cflash_dtype mode, double *o, 
                         double dist = fabs((double)(i + Lk - Lq - j));
                         sj = rnd(mode, sj - rnd(mode, slope * dist));
                     }
-                    s[j] = sj;
+                    s[n] = sj;
+                    vr[n++] = in->v + ((in->koff[b] + j) * Hk + g) * Dv;
                     if (sj > m)
                         m = sj;
                 }
-                double z = in->sinks ? rnd(mode, in->sinks[h]) : -INFINITY;
-                if (!any) {
-                    /* no visible key: out 0 whatever the sink; lse is the sink logit or -inf */
-                    for (int64_t d = 0; d < Dv; d++)
-                        oi[d] = 0;
-                    if (lse)
-                        lse[tq * Hq + h] = in->sinks ? in->sinks[h] : -INFINITY;
-                    continue;
-                }
-                if (z > m)
-                    m = z;
-                double sum;
-                if (exact) {
-                    sum = in->sinks ? exp(z - m) : 0;
-                    for (int64_t j = 0; j < Lk; j++)
-                        if (vis[j]) {
-                            s[j] = exp(s[j] - m);
-                            sum += s[j];
-                        }
-                } else {
-                    float acc = in->sinks ? (float)rnd(mode, exp(rnd(mode, z - m))) : 0.0f;
-                    for (int64_t j = 0; j < Lk; j++)
-                        if (vis[j]) {
-                            s[j] = rnd(mode, exp(rnd(mode, s[j] - m)));
-                            acc += (float)s[j];
-                        }
-                    sum = rnd(mode, acc);
-                }
-                if (lse)
-                    lse[tq * Hq + h] = m + log(sum);
-                if (exact) {
-                    for (int64_t d = 0; d < Dv; d++)
-                        oi[d] = 0;
-                    for (int64_t j = 0; j < Lk; j++) {
-                        if (!vis[j])
-                            continue;
-                        const double *vj = in->v + ((in->koff[b] + j) * Hk + g) * Dv;
-                        double p = s[j] / sum;
-                        for (int64_t d = 0; d < Dv; d++)
-                            oi[d] += p * vj[d];
-                    }
-                } else {
-                    for (int64_t d = 0; d < Dv; d++) {
-                        float acc = 0;
-                        for (int64_t j = 0; j < Lk; j++) {
-                            if (!vis[j])
-                                continue;
-                            const double *vj = in->v + ((in->koff[b] + j) * Hk + g) * Dv;
-                            acc += (float)rnd(mode, s[j] / sum) * (float)vj[d];
-                        }
-                        oi[d] = rnd(mode, acc);
-                    }
-                }
+                oracle_softmax_row(mode, s, n, m, in->sinks ? &in->sinks[h] : NULL, vr, Dv, oi,
+                                   lse ? &lse[tq * Hq + h] : NULL);
             }
         }
     }
     free(s);
+    free(vr);
     free(vis);
 }

@@ -173,21 +173,13 @@ void range_oracle_attn(const struct oracle_in *in, const struct rplan *p, const 
         if (c->row_start[r + 1] - c->row_start[r] > maxw)
             maxw = c->row_start[r + 1] - c->row_start[r];
     double *s = malloc((size_t)maxw * sizeof *s);
-    double *pr = malloc((size_t)maxw * sizeof *pr);
+    const double **vr = malloc((size_t)maxw * sizeof *vr);
     for (int64_t r = 0; r < p->Tq; r++) {
         const int64_t e0 = c->row_start[r], n = c->row_start[r + 1] - e0;
         for (int64_t h = 0; h < Hq; h++) {
             const int64_t g = h / group;
             const double *qi = in->q + (r * Hq + h) * D;
             double *oi = o + (r * Hq + h) * Dv;
-            if (n == 0) {
-                /* no visible key: out 0 whatever the sink; lse is the sink logit or -inf */
-                for (int64_t d = 0; d < Dv; d++)
-                    oi[d] = 0;
-                if (lse)
-                    lse[r * Hq + h] = in->sinks ? in->sinks[h] : -INFINITY;
-                continue;
-            }
             double m = -INFINITY;
             for (int64_t e = 0; e < n; e++) {
                 const int64_t col = c->col[e0 + e];
@@ -218,46 +210,14 @@ void range_oracle_attn(const struct oracle_in *in, const struct rplan *p, const 
                     sj = rnd(mode, sj - rnd(mode, in->alibi[h] * dist));
                 }
                 s[e] = sj;
+                vr[e] = in->v + (col * Hk + g) * Dv;
                 if (sj > m)
                     m = sj;
             }
-            double z = in->sinks ? rnd(mode, in->sinks[h]) : -INFINITY;
-            if (z > m)
-                m = z;
-            double sum;
-            if (exact) {
-                sum = in->sinks ? exp(z - m) : 0;
-                for (int64_t e = 0; e < n; e++) {
-                    s[e] = exp(s[e] - m);
-                    sum += s[e];
-                }
-            } else {
-                float acc = in->sinks ? (float)rnd(mode, exp(rnd(mode, z - m))) : 0.0f;
-                for (int64_t e = 0; e < n; e++) {
-                    s[e] = rnd(mode, exp(rnd(mode, s[e] - m)));
-                    acc += (float)s[e];
-                }
-                sum = rnd(mode, acc);
-            }
-            if (lse)
-                lse[r * Hq + h] = m + log(sum);
-            for (int64_t e = 0; e < n; e++)
-                pr[e] = exact ? s[e] / sum : rnd(mode, s[e] / sum);
-            for (int64_t d = 0; d < Dv; d++) {
-                if (exact) {
-                    double acc = 0;
-                    for (int64_t e = 0; e < n; e++)
-                        acc += pr[e] * in->v[(c->col[e0 + e] * Hk + g) * Dv + d];
-                    oi[d] = acc;
-                } else {
-                    float acc = 0;
-                    for (int64_t e = 0; e < n; e++)
-                        acc += (float)pr[e] * (float)in->v[(c->col[e0 + e] * Hk + g) * Dv + d];
-                    oi[d] = rnd(mode, acc);
-                }
-            }
+            oracle_softmax_row(mode, s, n, m, in->sinks ? &in->sinks[h] : NULL, vr, Dv, oi,
+                               lse ? &lse[r * Hq + h] : NULL);
         }
     }
     free(s);
-    free(pr);
+    free(vr);
 }
