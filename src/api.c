@@ -336,17 +336,22 @@ static void fill_work(struct attn_work *w, int rank, const struct cflash_tensor 
     w->num_threads = p->num_threads > 0 ? p->num_threads : cflash_default_num_threads();
 }
 
-/* Run a filled work over its segments and slices on the kernel params asks for. */
+/* Run a filled work over its segments and slices on the kernel params asks for. prologue (may
+ * be NULL) runs after every allocation succeeded and before any output is computed. */
 static enum cflash_status exec_work(struct attn_work *w, const struct cflash_attn_params *p,
                                     const struct attn_segment *segments, int64_t num_segments,
-                                    const struct attn_slice *slices) {
+                                    const struct attn_slice *slices, void (*prologue)(void *),
+                                    void *prologue_ctx) {
     enum cflash_kernel kernel;
     CHECK(cpu_resolve_kernel(p->kernel, &kernel));
     w->num_segments = num_segments;
     w->segments = segments;
     w->slices = slices;
-    if (num_segments == 0) return CFLASH_STATUS_OK;
-    return kernel == CFLASH_KERNEL_REFERENCE ? cpu_ref_attention(w) : cpu_tiled_attention(w, kernel);
+    if (num_segments == 0 || kernel == CFLASH_KERNEL_REFERENCE) { /* the oracle allocates nothing */
+        if (prologue) prologue(prologue_ctx);
+        return num_segments == 0 ? CFLASH_STATUS_OK : cpu_ref_attention(w);
+    }
+    return cpu_tiled_attention(w, kernel, prologue, prologue_ctx);
 }
 
 static enum cflash_status run_work(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
@@ -360,7 +365,7 @@ static enum cflash_status run_work(int rank, const struct cflash_tensor *q, cons
     fill_work(&w, rank, q, k, v, out, lse, p, B, Hq, Hk, D, Dv);
     if (mask) w.mask = *mask;
     if (bias) w.bias = *bias;
-    return exec_work(&w, p, segments, num_segments, slices);
+    return exec_work(&w, p, segments, num_segments, slices, NULL, NULL);
 }
 
 /* Per-sequence masks: plan the sequences (plan.c), then run. */
@@ -509,6 +514,30 @@ static inline int64_t i32_at(const struct cflash_tensor *t, int64_t b) {
 }
 static inline int64_t i32_at2(const struct cflash_tensor *t, int64_t b, int64_t p) {
     return ((const int32_t *)t->data)[b * t->stride[0] + p * t->stride[1]];
+}
+
+struct kv_append_job {
+    const struct attn_work *w;
+    const struct cflash_kvcache *cache;
+    const struct cflash_tensor *k_new, *v_new;
+    int64_t Lnew;
+    const struct cflash_tensor *bidx;
+    const struct rotary *ro;
+};
+
+static void kv_append_all(void *ctx) {
+    const struct kv_append_job *j = ctx;
+    struct attn_operand kn, vn;
+    operand(&kn, j->k_new, 4);
+    if (j->v_new) operand(&vn, j->v_new, 4);
+    for (int64_t b = 0; b < j->w->B; b++) {
+        struct attn_segment sg;
+        memset(&sg, 0, sizeof sg);
+        sg.b = b;
+        sg.kvb = j->bidx ? i32_at(j->bidx, b) : b;
+        cpu_kv_append(j->w, &sg, i32_at(j->cache->cache_seqlens, b), j->Lnew, &kn,
+                      j->v_new ? &vn : NULL, j->ro);
+    }
 }
 
 enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
@@ -719,21 +748,10 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
     for (int64_t s = 0; s < plan.num_segments; s++)
         plan.segments[s].kvb = bidx ? i32_at(bidx, plan.segments[s].b) : plan.segments[s].b;
 
-    /* append, then attend (the appended rows are read back from the cache) */
-    if (Lnew > 0) {
-        struct attn_operand kn, vn;
-        operand(&kn, k_new, 4);
-        if (v_new) operand(&vn, v_new, 4);
-        for (int64_t b = 0; b < B; b++) {
-            struct attn_segment sg;
-            memset(&sg, 0, sizeof sg);
-            sg.b = b;
-            sg.kvb = bidx ? i32_at(bidx, b) : b;
-            cpu_kv_append(&w, &sg, i32_at(cache->cache_seqlens, b), Lnew, &kn, v_new ? &vn : NULL,
-                          rc ? &ro : NULL);
-        }
-    }
-    st = exec_work(&w, p, plan.segments, plan.num_segments, plan.slices);
+    /* append, then attend (the appended rows are read back from the cache); the append runs
+     * as the prologue, after the kernel's allocations, so no error can follow it */
+    struct kv_append_job aj = {&w, cache, k_new, v_new, Lnew, bidx, rc ? &ro : NULL};
+    st = exec_work(&w, p, plan.segments, plan.num_segments, plan.slices, Lnew > 0 ? kv_append_all : NULL, &aj);
     plan_free(&plan);
     free(qrot);
     return st;

@@ -161,7 +161,10 @@ void cpu_kv_append(const struct attn_work *w, const struct attn_segment *sg, int
  * UNSUPPORTED for a kernel this CPU cannot run. */
 enum cflash_status cpu_resolve_kernel(enum cflash_kernel requested, enum cflash_kernel *kernel);
 enum cflash_status cpu_ref_attention(const struct attn_work *w);
-enum cflash_status cpu_tiled_attention(const struct attn_work *w, enum cflash_kernel kernel);
+/* prologue (may be NULL) runs once all workspace is allocated, before any output is computed:
+ * the KV-cache append goes there, so an allocation failure leaves the cache unchanged. */
+enum cflash_status cpu_tiled_attention(const struct attn_work *w, enum cflash_kernel kernel,
+                                       void (*prologue)(void *), void *prologue_ctx);
 size_t cpu_tiled_workspace_per_thread(int64_t Hq, int64_t Hk, int64_t D, int64_t Dv);
 
 /* Per-ISA entry points of src/cpu/fwd_tiled.c (compiled once per instruction set). A kernel

@@ -217,7 +217,8 @@ static void tiled_combine(void *ctx, int64_t item, int32_t thread) {
     tiled_finalize(w, sg, kvh, sg->q0, nrows, m, l, o, Dv);
 }
 
-enum cflash_status cpu_tiled_attention(const struct attn_work *w, enum cflash_kernel kernel) {
+enum cflash_status cpu_tiled_attention(const struct attn_work *w, enum cflash_kernel kernel,
+                                       void (*prologue)(void *), void *prologue_ctx) {
     struct tiled_job job;
     memset(&job, 0, sizeof job);
     job.w = w;
@@ -296,6 +297,7 @@ enum cflash_status cpu_tiled_attention(const struct attn_work *w, enum cflash_ke
         return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "workspace: cannot allocate %zu bytes",
                                 job.ws_stride * (size_t)nt);
     }
+    if (prologue) prologue(prologue_ctx); /* every allocation has succeeded: nothing fails now */
     enum cflash_status st = cpu_parallel_for(nt, n, tiled_run_item, &job);
     if (st == CFLASH_STATUS_OK && nparts > 0) {
         int64_t pairs = 0;
