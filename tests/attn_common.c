@@ -415,18 +415,16 @@ static int check_rows_exact(struct check_ctx *x, const struct cflash_tensor *out
     return 1;
 }
 
-/* Compares out/lse against the fp32 reference output under the SPEC 1 rule. */
-static int compare_to_ref(struct check_ctx *x, const struct cflash_tensor *out,
-                          const struct cflash_tensor *lse, int half, double e_naive,
-                          const char *who)
+int attn_compare_ref(const struct attn_setup *s, const struct cflash_tensor *oref,
+                     const struct cflash_tensor *lref, const struct cflash_tensor *out,
+                     const struct cflash_tensor *lse, int half, double e_naive, const char *who)
 {
-    struct attn_setup *s = &x->s;
     double num = 0, den = 0, maxabs = 0, maxlse = 0;
     int64_t wt = 0, wh = 0, wd = 0;
     for (int64_t t = 0; t < s->Tq; t++)
         for (int64_t h = 0; h < s->Hq; h++) {
             for (int64_t d = 0; d < s->Dv; d++) {
-                double o = attn_out_at(s, out, t, h, d), r = attn_out_at(s, &x->oref.t, t, h, d);
+                double o = attn_out_at(s, out, t, h, d), r = attn_out_at(s, oref, t, h, d);
                 double e = fabs(o - r);
                 num += e * e;
                 den += r * r;
@@ -438,7 +436,7 @@ static int compare_to_ref(struct check_ctx *x, const struct cflash_tensor *out,
                 }
             }
             if (lse) {
-                double l = attn_lse_at(s, lse, t, h), r = attn_lse_at(s, &x->lref.t, t, h);
+                double l = attn_lse_at(s, lse, t, h), r = attn_lse_at(s, lref, t, h);
                 if (isinf(r)) {
                     CHECK0(l == r, "%s: lse[t=%lld,h=%lld] = %g, reference %g", who,
                            (long long)t, (long long)h, l, r);
@@ -457,7 +455,7 @@ static int compare_to_ref(struct check_ctx *x, const struct cflash_tensor *out,
                "%s: max abs error %.3g at t=%lld,h=%lld,d=%lld (got %.6g, ref %.6g) > 2*e_naive+1e-3 "
                "= %.3g",
                who, maxabs, (long long)wt, (long long)wh, (long long)wd,
-               attn_out_at(s, out, wt, wh, wd), attn_out_at(s, &x->oref.t, wt, wh, wd), tol);
+               attn_out_at(s, out, wt, wh, wd), attn_out_at(s, oref, wt, wh, wd), tol);
     } else if (den == 0) {
         CHECK0(num == 0, "%s: reference output is all zero but out differs (max abs %.3g)", who,
                maxabs);
@@ -467,7 +465,7 @@ static int compare_to_ref(struct check_ctx *x, const struct cflash_tensor *out,
                "%s: relative L2 error %.3g > 1e-5 (max abs %.3g at t=%lld,h=%lld,d=%lld: got %.7g, "
                "ref %.7g)",
                who, rel, maxabs, (long long)wt, (long long)wh, (long long)wd,
-               attn_out_at(s, out, wt, wh, wd), attn_out_at(s, &x->oref.t, wt, wh, wd));
+               attn_out_at(s, out, wt, wh, wd), attn_out_at(s, oref, wt, wh, wd));
     }
     return 1;
 }
@@ -549,7 +547,7 @@ static void check_inner(struct check_ctx *x)
     snprintf(who, sizeof who, "%s(%s out)", kname(c->kernel), dtype_name(odt));
     if (!check_rows_exact(x, &x->out.t, lsep, who))
         return;
-    if (!compare_to_ref(x, &x->out.t, lsep, half, e_naive, who))
+    if (!attn_compare_ref(&x->s, &x->oref.t, &x->lref.t, &x->out.t, lsep, half, e_naive, who))
         return;
 }
 

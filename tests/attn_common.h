@@ -74,6 +74,13 @@ void oracle_in_free(struct oracle_in *in);
 /* Number of visible keys of token t (same for every head). */
 int64_t attn_visible_count(const struct attn_setup *s, int64_t t);
 
+/* out/lse of the problem s against the reference kernel's fp32 oref/lref under the SPEC 1 rule
+ * (fp32: relative L2 <= 1e-5; half types: max abs <= 2 e_naive + 1e-3); lse within 1e-4 (1e-3
+ * half), -inf exactly. Returns 0 after recording a failure. */
+int attn_compare_ref(const struct attn_setup *s, const struct cflash_tensor *oref,
+                     const struct cflash_tensor *lref, const struct cflash_tensor *out,
+                     const struct cflash_tensor *lse, int half, double e_naive, const char *who);
+
 /* The whole check of one configuration: c->kernel against the reference kernel (and, for the
  * reference kernel itself, against the test's own fp64 oracle). Records failures. */
 void attn_check_case(const struct attn_cfg *c);

@@ -168,6 +168,10 @@ int oracle_visible(int64_t i, int64_t j, int64_t Lq, int64_t Lk, int causal, int
  * dtype, dot products accumulated in fp32 (as a matmul would).
  * o: [Tq][Hq][Dv]; lse: [Tq][Hq] (may be NULL). */
 void oracle_attn(const struct oracle_in *in, enum cflash_dtype mode, double *o, double *lse);
+/* One score, shared by every oracle: scale * q.k (fp32 matmul accumulation and rounding to mode
+ * for the naive half-precision version), then the softcap. */
+double oracle_score(enum cflash_dtype mode, const double *qi, const double *kj, int64_t D,
+                    double scale, double softcap);
 /* The end of one oracle row, shared by every oracle: the n visible scores s (overwritten) with
  * their maximum m, an optional sink logit, and the value row of each visible key -> out[Dv] and
  * *lse (may be NULL). n == 0: out 0, lse = the sink or -inf. mode as oracle_attn. */

@@ -59,7 +59,6 @@ void mask_oracle_attn(const struct oracle_in *in, const struct mask_src *mask,
                       const struct mask_src *bias, enum cflash_dtype mode, double *o, double *lse,
                       int64_t *nvis)
 {
-    const int exact = mode == CFLASH_DTYPE_F32;
     const int has_mask = mask && mask->t, has_bias = bias && bias->t;
     const int64_t Hq = in->Hq, Hk = in->Hk, D = in->D, Dv = in->Dv, group = Hq / Hk;
     int64_t maxLk = 1;
@@ -88,23 +87,7 @@ void mask_oracle_attn(const struct oracle_in *in, const struct mask_src *mask,
                         continue;
                     count++;
                     const double *kj = in->k + ((in->koff[b] + j) * Hk + g) * D;
-                    double sj;
-                    if (exact) {
-                        double acc = 0;
-                        for (int64_t d = 0; d < D; d++)
-                            acc += qi[d] * kj[d];
-                        sj = in->scale * acc;
-                    } else {
-                        float acc = 0;
-                        for (int64_t d = 0; d < D; d++)
-                            acc += (float)qi[d] * (float)kj[d];
-                        sj = rnd(mode, rnd(mode, acc) * in->scale);
-                    }
-                    /* SPEC 1: softcap first, then the additive terms (unscaled) */
-                    if (in->softcap > 0) {
-                        double c = in->softcap;
-                        sj = rnd(mode, c * rnd(mode, tanh(rnd(mode, sj / c))));
-                    }
+                    double sj = oracle_score(mode, qi, kj, D, in->scale, in->softcap);
                     if (has_bias)
                         sj = rnd(mode, sj + elem(bias, in, b, h, i, j));
                     if (in->alibi) {

@@ -31,6 +31,26 @@ static double rnd(enum cflash_dtype mode, double x)
     return mode == CFLASH_DTYPE_F32 ? x : round_to(mode, x);
 }
 
+double oracle_score(enum cflash_dtype mode, const double *qi, const double *kj, int64_t D,
+                    double scale, double softcap)
+{
+    double sj;
+    if (mode == CFLASH_DTYPE_F32) {
+        double acc = 0;
+        for (int64_t d = 0; d < D; d++)
+            acc += qi[d] * kj[d];
+        sj = scale * acc;
+    } else {
+        float acc = 0; /* a matmul accumulates in fp32 */
+        for (int64_t d = 0; d < D; d++)
+            acc += (float)qi[d] * (float)kj[d];
+        sj = rnd(mode, rnd(mode, acc) * scale);
+    }
+    if (softcap > 0) /* SPEC 1: the softcap comes before the additive terms */
+        sj = rnd(mode, softcap * rnd(mode, tanh(rnd(mode, sj / softcap))));
+    return sj;
+}
+
 void oracle_softmax_row(enum cflash_dtype mode, double *s, int64_t n, double m, const double *sink,
                         const double *const *vrows, int64_t Dv, double *out, double *lse)
 {
@@ -80,7 +100,6 @@ void oracle_softmax_row(enum cflash_dtype mode, double *s, int64_t n, double m, 
 
 void oracle_attn(const struct oracle_in *in, enum cflash_dtype mode, double *o, double *lse)
 {
-    const int exact = mode == CFLASH_DTYPE_F32;
     const int64_t Hq = in->Hq, Hk = in->Hk, D = in->D, Dv = in->Dv, group = Hq / Hk;
     int64_t maxLk = 1;
     for (int64_t b = 0; b < in->B; b++)
@@ -105,22 +124,7 @@ void oracle_attn(const struct oracle_in *in, enum cflash_dtype mode, double *o, 
                     if (!vis[j])
                         continue;
                     const double *kj = in->k + ((in->koff[b] + j) * Hk + g) * D;
-                    double sj;
-                    if (exact) {
-                        double acc = 0;
-                        for (int64_t d = 0; d < D; d++)
-                            acc += qi[d] * kj[d];
-                        sj = in->scale * acc;
-                    } else {
-                        float acc = 0; /* a matmul accumulates in fp32 */
-                        for (int64_t d = 0; d < D; d++)
-                            acc += (float)qi[d] * (float)kj[d];
-                        sj = rnd(mode, rnd(mode, acc) * in->scale);
-                    }
-                    if (in->softcap > 0) {
-                        double c = in->softcap;
-                        sj = rnd(mode, c * rnd(mode, tanh(rnd(mode, sj / c))));
-                    }
+                    double sj = oracle_score(mode, qi, kj, D, in->scale, in->softcap);
                     if (in->alibi) {
                         double slope = in->alibi[(in->alibi_per_batch ? b * Hq : 0) + h];
                         double dist = fabs((double)(i + Lk - Lq - j));

@@ -166,7 +166,6 @@ static double rnd(enum cflash_dtype mode, double x)
 void range_oracle_attn(const struct oracle_in *in, const struct rplan *p, const struct rcells *c,
                        enum cflash_dtype mode, double *o, double *lse)
 {
-    const int exact = mode == CFLASH_DTYPE_F32;
     const int64_t Hq = in->Hq, Hk = in->Hk, D = in->D, Dv = in->Dv, group = Hq / Hk;
     int64_t maxw = 1;
     for (int64_t r = 0; r < p->Tq; r++)
@@ -185,22 +184,7 @@ void range_oracle_attn(const struct oracle_in *in, const struct rplan *p, const 
                 const int64_t col = c->col[e0 + e];
                 const int32_t *sl = p->s[c->slice[e0 + e]];
                 const double *kj = in->k + (col * Hk + g) * D;
-                double sj;
-                if (exact) {
-                    double acc = 0;
-                    for (int64_t d = 0; d < D; d++)
-                        acc += qi[d] * kj[d];
-                    sj = in->scale * acc;
-                } else {
-                    float acc = 0; /* a matmul accumulates in fp32 */
-                    for (int64_t d = 0; d < D; d++)
-                        acc += (float)qi[d] * (float)kj[d];
-                    sj = rnd(mode, rnd(mode, acc) * in->scale);
-                }
-                if (in->softcap > 0) {
-                    double cap = in->softcap;
-                    sj = rnd(mode, cap * rnd(mode, tanh(rnd(mode, sj / cap))));
-                }
+                double sj = oracle_score(mode, qi, kj, D, in->scale, in->softcap);
                 if (in->alibi) {
                     /* the distance to the bottom-right diagonal of the slice that owns the cell,
                      * in that slice's local coordinates */

@@ -439,61 +439,6 @@ static int check_rows(struct mctx *x, int idv, const struct cflash_tensor *out,
     return 1;
 }
 
-/* SPEC 1 tolerances against the reference kernel's fp32 output (as attn_common.c). */
-static int compare_ref(struct mctx *x, const struct cflash_tensor *out,
-                       const struct cflash_tensor *lse, int half, double e_naive,
-                       const char *who)
-{
-    struct attn_setup *s = &x->s;
-    double num = 0, den = 0, maxabs = 0;
-    int64_t wt = 0, wh = 0, wd = 0;
-    for (int64_t t = 0; t < s->Tq; t++)
-        for (int64_t h = 0; h < s->Hq; h++) {
-            for (int64_t d = 0; d < s->Dv; d++) {
-                double o = attn_out_at(s, out, t, h, d), r = attn_out_at(s, &x->oref.t, t, h, d);
-                double e = fabs(o - r);
-                num += e * e;
-                den += r * r;
-                if (e > maxabs) {
-                    maxabs = e;
-                    wt = t;
-                    wh = h;
-                    wd = d;
-                }
-            }
-            if (lse) {
-                double l = attn_lse_at(s, lse, t, h), r = attn_lse_at(s, &x->lref.t, t, h);
-                if (isinf(r)) {
-                    CHECK0(l == r, "%s: lse[t=%lld,h=%lld] = %g, reference %g", who,
-                           (long long)t, (long long)h, l, r);
-                    continue;
-                }
-                double tol = (half ? 1e-3 : 1e-4) + 1e-6 * fabs(r);
-                CHECK0(fabs(l - r) <= tol,
-                       "%s: lse[t=%lld,h=%lld] = %.9g, reference %.9g (tol %g)", who,
-                       (long long)t, (long long)h, l, r, tol);
-            }
-        }
-    if (half) {
-        double tol = 2 * e_naive + 1e-3;
-        CHECK0(maxabs <= tol,
-               "%s: max abs error %.3g at t=%lld,h=%lld,d=%lld (got %.6g, ref %.6g) > "
-               "2*e_naive+1e-3 = %.3g",
-               who, maxabs, (long long)wt, (long long)wh, (long long)wd,
-               attn_out_at(s, out, wt, wh, wd), attn_out_at(s, &x->oref.t, wt, wh, wd), tol);
-    } else if (den == 0) {
-        CHECK0(num == 0, "%s: reference output is all zero but out differs (max abs %.3g)", who,
-               maxabs);
-    } else {
-        double rel = sqrt(num / den);
-        CHECK0(rel <= 1e-5,
-               "%s: relative L2 error %.3g > 1e-5 (max abs %.3g at t=%lld,h=%lld,d=%lld: got "
-               "%.7g, ref %.7g)",
-               who, rel, maxabs, (long long)wt, (long long)wh, (long long)wd,
-               attn_out_at(s, out, wt, wh, wd), attn_out_at(s, &x->oref.t, wt, wh, wd));
-    }
-    return 1;
-}
 
 static void check_inner(struct mctx *x, const struct mcfg *c)
 {
@@ -577,7 +522,7 @@ static void check_inner(struct mctx *x, const struct mcfg *c)
     snprintf(who, sizeof who, "%s(%s out)", kname(a->kernel), dtype_name(odt));
     if (!check_rows(x, c->idv && odt == CFLASH_DTYPE_F32, &x->out.t, lsep, who))
         return;
-    compare_ref(x, &x->out.t, lsep, half, e_naive, who);
+    attn_compare_ref(&x->s, &x->oref.t, &x->lref.t, &x->out.t, lsep, half, e_naive, who);
 }
 
 static void mask_check(const struct mcfg *c)
