@@ -223,6 +223,8 @@ int64_t cflash_range_plan_visible_cells(const struct cflash_range_plan *plan);
  * out [Tq, Hq, Dv], lse [Hq, Tq] or NULL. Tq, Tk must match the plan's. params: the plan owns
  * the masking, so causal must be 0 and the window (-1, -1); ALiBi slopes are [Hq] (the distance
  * uses each slice's own bottom-right diagonal); softcap, sinks, scale as usual.
+ * Mask / bias (SPEC.md section 5) index the plan's global axes: DENSE [1, Hv, Tq|1, Tk|1],
+ * KEY_SIDE [Tk, Hv], QUERY_SIDE [Tq, Hv, >= Tk] (column = global key index).
  */
 enum cflash_status cflash_attn_range(const struct cflash_tensor *q, const struct cflash_tensor *k,
                                      const struct cflash_tensor *v,
@@ -258,7 +260,8 @@ enum cflash_status cflash_attn_range(const struct cflash_tensor *q, const struct
  * window is set, else every row at cache_seqlens[b]. Pairs are (x[j], x[j + rotary_dim / 2])
  * (GPT-NeoX), or (x[2j], x[2j + 1]) with rotary_interleaved (GPT-J); dims >= rotary_dim pass.
  * Lro must cover every position used.
- * Masks and biases are not supported with caches yet (UNSUPPORTED).
+ * Mask / bias: DENSE layout only, [B|1, Hv, Lq|1, Lk|1] with Lk >= the longest total key count
+ * (cache_seqlens[b] + Lnew); column t is logical key t of batch entry b.
  */
 struct cflash_kvcache {
     const struct cflash_tensor *k_cache;
@@ -278,6 +281,91 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
                                        const struct cflash_tensor *out,
                                        const struct cflash_tensor *lse,
                                        const struct cflash_attn_params *params);
+
+/*
+ * flash-mlm layer context (SPEC.md section 6): a cache of per-layer context K/V, owned by the
+ * library, that masked-LM inference loops attend to bidirectionally next to each call's own
+ * new tokens.
+ *
+ * An entry (one per layer_id >= 0) holds C >= 1 contexts of lengths len[0..C), each
+ * [len[c], Hk, D] keys and [len[c], Hk, Dv] values (or V := K / V := K[..., :Dv] for MLA: only
+ * the keys are stored), in one dtype. A cache object is not safe for concurrent calls that
+ * store into it; concurrent calls that only read it are.
+ */
+typedef struct cflash_context_cache *cflash_context_cache_t;
+
+enum cflash_status cflash_context_cache_create(cflash_context_cache_t *cache);
+void cflash_context_cache_destroy(cflash_context_cache_t cache);
+/* Drop one layer's entry (layer_id >= 0; absent is OK) or every entry (layer_id == -1). */
+enum cflash_status cflash_context_cache_clear(cflash_context_cache_t cache, int64_t layer_id);
+
+struct cflash_context_info {
+    int32_t present;       /* 0: no entry for this layer (the other fields are 0) */
+    int32_t v_is_k;        /* 1: V := K[..., :Dv] (MLA; nothing stored for V) */
+    enum cflash_dtype dtype;
+    int64_t num_contexts, Hk, D, Dv;
+    int64_t total_len;     /* sum of the context lengths */
+};
+enum cflash_status cflash_context_cache_info(const struct cflash_context_cache *cache,
+                                             int64_t layer_id, struct cflash_context_info *info);
+/* Context lengths of an entry: lengths int64 [num_contexts] (or NULL). */
+enum cflash_status cflash_context_cache_lengths(const struct cflash_context_cache *cache,
+                                                int64_t layer_id, int64_t *lengths);
+
+enum cflash_prefill_mode {
+    CFLASH_PREFILL_REPLACE = 0, /* the call's new K/V become the layer's contexts (flash-mlm) */
+    CFLASH_PREFILL_APPEND = 1   /* they are appended to the contexts the call attended */
+};
+
+/*
+ * Store K/V as layer_id's contexts, outside an attention call (flash-mlm's
+ * InferenceCache.prefill_kv_cache). Dense: k [B, L, Hk, D], v [B, L, Hk, Dv] -> B contexts of
+ * length L. Packed: k [Tk, Hk, D], v [Tk, Hk, Dv] with cu_seqlens int32 [B + 1] -> B contexts.
+ * v NULL: V := K; v a view of k's first Dv columns (same data pointer and strides): V := K[..., :Dv].
+ * REPLACE drops the old entry; APPEND adds sequence b's tokens to context b (an absent entry is
+ * created; a present one must have B contexts and the same Hk, D, Dv, dtype and V kind).
+ * On any error the cache is unchanged.
+ */
+enum cflash_status cflash_context_cache_store(cflash_context_cache_t cache, int64_t layer_id,
+                                              const struct cflash_tensor *k,
+                                              const struct cflash_tensor *v,
+                                              const struct cflash_tensor *cu_seqlens,
+                                              enum cflash_prefill_mode mode);
+
+/*
+ * flash-mlm attention: every query row of sequence b sees, bidirectionally (no causal mask),
+ *   - its context: context ctx(b) of cache[layer_id] (ctx(b) = 0 with one context, b with B,
+ *     ctx_idx[b] when ctx_idx is given), nothing when the layer has no entry (a miss);
+ *   - its new tokens: keys of sequence b of k/v, or with `cumulative` (flash-mlm's
+ *     causal_query_seq_attn, packed calls only) the new keys of sequences 0..b.
+ * Dense: q [B, Lq, Hq, D], k [B, Lk, Hk, D], v [B, Lk, Hk, Dv] (NULL: V := K), out
+ * [B, Lq, Hq, Dv], lse [B, Hq, Lq]. Packed: q [Tq, Hq, D] with cu_seqlens_q [B + 1], k / v
+ * [Tk, ...] with cu_seqlens_k (NULL: cu_seqlens_q, then Tk must equal Tq), out [Tq, Hq, Dv],
+ * lse [Hq, Tq].
+ * With prefill, the call's new K/V are stored as the layer's contexts after attending (mode:
+ * REPLACE or APPEND to context ctx(b), in batch order), exactly as cflash_context_cache_store.
+ * params: scale, softcap, sinks, num_threads, kernel; causal, windows, ALiBi, masks and biases
+ * are UNSUPPORTED here. An entry whose Hk, D, Dv, dtype or V kind differ from the call's, or
+ * whose context count is neither 1 nor B without ctx_idx, is INVALID_ARGUMENT (never a silent
+ * miss); nothing is written (out, lse, cache) on any error.
+ */
+struct cflash_mlm_args {
+    cflash_context_cache_t cache;     /* NULL: no context, no prefill */
+    int64_t layer_id;                 /* >= 0 when cache is given */
+    const struct cflash_tensor *ctx_idx; /* NULL or int32 [B], each in [0, num_contexts) */
+    int32_t cumulative;               /* 0 or 1 (packed calls) */
+    int32_t prefill;                  /* 0 or 1: store this call's K/V after attending */
+    enum cflash_prefill_mode prefill_mode;
+};
+
+enum cflash_status cflash_attn_mlm(const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                   const struct cflash_tensor *v,
+                                   const struct cflash_tensor *cu_seqlens_q,
+                                   const struct cflash_tensor *cu_seqlens_k,
+                                   const struct cflash_mlm_args *mlm,
+                                   const struct cflash_tensor *out,
+                                   const struct cflash_tensor *lse,
+                                   const struct cflash_attn_params *params);
 
 /*
  * Merge two partial attention states over disjoint key sets (SPEC.md section 7).

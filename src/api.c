@@ -57,10 +57,8 @@ int32_t cflash_default_num_threads(void) {
 
 /* ---- tensor checks; each returns OK or sets a message naming `name` ---- */
 
-#define INVALID(...) cflash_set_error(CFLASH_STATUS_INVALID_ARGUMENT, __VA_ARGS__)
-#define CHECK(expr) do { enum cflash_status st_ = (expr); if (st_) return st_; } while (0)
 
-static const char *dtype_name(enum cflash_dtype t) {
+const char *api_dtype_name(enum cflash_dtype t) {
     switch (t) {
     case CFLASH_DTYPE_F32: return "float32";
     case CFLASH_DTYPE_F16: return "float16";
@@ -76,7 +74,7 @@ static int is_float_dtype(enum cflash_dtype t) {
 }
 
 /* Rank, dtype, device, non-negative shape, and data != NULL when non-empty. */
-static enum cflash_status check_tensor(const char *name, const struct cflash_tensor *t, int ndim) {
+enum cflash_status check_tensor(const char *name, const struct cflash_tensor *t, int ndim) {
     if (!t) return INVALID("%s: must not be NULL", name);
     if (t->ndim != ndim) return INVALID("%s: must have %d dimensions, got %d", name, ndim, (int)t->ndim);
     if ((unsigned)t->dtype > CFLASH_DTYPE_U8) return INVALID("%s: unknown dtype %d", name, (int)t->dtype);
@@ -103,26 +101,26 @@ static enum cflash_status check_tensor(const char *name, const struct cflash_ten
     return CFLASH_STATUS_OK;
 }
 
-static enum cflash_status check_float(const char *name, const struct cflash_tensor *t) {
+enum cflash_status check_float(const char *name, const struct cflash_tensor *t) {
     if (!is_float_dtype(t->dtype))
-        return INVALID("%s: dtype must be float32, float16 or bfloat16, got %s", name, dtype_name(t->dtype));
+        return INVALID("%s: dtype must be float32, float16 or bfloat16, got %s", name, api_dtype_name(t->dtype));
     return CFLASH_STATUS_OK;
 }
 
-static enum cflash_status check_dtype(const char *name, const struct cflash_tensor *t, enum cflash_dtype want) {
+enum cflash_status check_dtype(const char *name, const struct cflash_tensor *t, enum cflash_dtype want) {
     if (t->dtype != want)
-        return INVALID("%s: dtype must be %s, got %s", name, dtype_name(want), dtype_name(t->dtype));
+        return INVALID("%s: dtype must be %s, got %s", name, api_dtype_name(want), api_dtype_name(t->dtype));
     return CFLASH_STATUS_OK;
 }
 
-static enum cflash_status check_dim(const char *name, const struct cflash_tensor *t, int axis,
+enum cflash_status check_dim(const char *name, const struct cflash_tensor *t, int axis,
                                     int64_t want, const char *what) {
     if (t->shape[axis] != want)
         return INVALID("%s: shape[%d] must be %s = %lld, got %lld", name, axis, what, (long long)want, (long long)t->shape[axis]);
     return CFLASH_STATUS_OK;
 }
 
-static enum cflash_status check_unit_last(const char *name, const struct cflash_tensor *t) {
+enum cflash_status check_unit_last(const char *name, const struct cflash_tensor *t) {
     const int a = t->ndim - 1;
     if (t->shape[a] > 1 && t->stride[a] != 1)
         return INVALID("%s: the head-dim axis (last) must have stride 1, got %lld", name, (long long)t->stride[a]);
@@ -131,7 +129,7 @@ static enum cflash_status check_unit_last(const char *name, const struct cflash_
 
 /* Outputs: every axis of size > 1 has a positive stride, and no two elements share memory
  * (sorted by stride, each axis steps past the whole extent of the smaller ones). */
-static enum cflash_status check_output_layout(const char *name, const struct cflash_tensor *t) {
+enum cflash_status check_output_layout(const char *name, const struct cflash_tensor *t) {
     int order[CFLASH_MAX_DIMS], n = 0;
     for (int i = 0; i < t->ndim; i++) {
         if (t->shape[i] == 0) return CFLASH_STATUS_OK; /* empty: nothing is written */
@@ -156,7 +154,7 @@ static enum cflash_status check_output_layout(const char *name, const struct cfl
 
 /* ---- parameters ---- */
 
-static enum cflash_status check_params(const struct cflash_attn_params *p, int64_t B, int64_t Hq) {
+enum cflash_status check_params(const struct cflash_attn_params *p, int64_t B, int64_t Hq) {
     if (!isfinite(p->scale)) return INVALID("scale: must be finite (0 selects 1/sqrt(D))");
     if (!isfinite(p->softcap) || p->softcap < 0.0f) return INVALID("softcap: must be finite and >= 0 (0 = off), got %g", (double)p->softcap);
     if (p->causal != 0 && p->causal != 1) return INVALID("causal: must be 0 or 1, got %d", (int)p->causal);
@@ -198,8 +196,8 @@ static enum cflash_status check_scoresrc(const char *name, const struct cflash_t
     if (layout != CFLASH_LAYOUT_DENSE && !packed)
         return INVALID("%s: the key-side and query-side layouts are for packed (varlen) calls; dense calls use the DENSE layout", name);
     CHECK(check_tensor(name, t, ndim));
-    if (is_mask && t->dtype != CFLASH_DTYPE_U8) return INVALID("%s: dtype must be uint8/bool (nonzero = keep), got %s", name, dtype_name(t->dtype));
-    if (!is_mask && !is_float_dtype(t->dtype)) return INVALID("%s: dtype must be float32, float16 or bfloat16, got %s", name, dtype_name(t->dtype));
+    if (is_mask && t->dtype != CFLASH_DTYPE_U8) return INVALID("%s: dtype must be uint8/bool (nonzero = keep), got %s", name, api_dtype_name(t->dtype));
+    if (!is_mask && !is_float_dtype(t->dtype)) return INVALID("%s: dtype must be float32, float16 or bfloat16, got %s", name, api_dtype_name(t->dtype));
     const int ha = 1; /* the heads axis, in every layout */
     const int64_t Hv = t->shape[ha];
     if (Hv != 1 && Hv != Hk && Hv != Hq)
@@ -238,7 +236,7 @@ static enum cflash_status check_scoresrc(const char *name, const struct cflash_t
 
 /* q, k, v, out: shared rules of dense (rank 4, seq axis 1) and packed (rank 3, seq axis 0).
  * Fills Hq, Hk, D, Dv. */
-static enum cflash_status check_qkvo(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
+enum cflash_status check_qkvo(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
                                      const struct cflash_tensor *v, const struct cflash_tensor *out,
                                      int64_t *Hq, int64_t *Hk, int64_t *D, int64_t *Dv) {
     const int ha = rank - 2, da = rank - 1, la = rank - 3; /* heads, head dim, keys axis */
@@ -246,7 +244,7 @@ static enum cflash_status check_qkvo(int rank, const struct cflash_tensor *q, co
     CHECK(check_float("q", q));
     CHECK(check_unit_last("q", q));
     CHECK(check_tensor("k", k, rank));
-    if (k->dtype != q->dtype) return INVALID("k: dtype must equal q's (%s), got %s", dtype_name(q->dtype), dtype_name(k->dtype));
+    if (k->dtype != q->dtype) return INVALID("k: dtype must equal q's (%s), got %s", api_dtype_name(q->dtype), api_dtype_name(k->dtype));
     CHECK(check_unit_last("k", k));
     *Hq = q->shape[ha];
     *Hk = k->shape[ha];
@@ -259,7 +257,7 @@ static enum cflash_status check_qkvo(int rank, const struct cflash_tensor *q, co
     if (rank == 4) CHECK(check_dim("k", k, 0, q->shape[0], "B"));
     if (v) {
         CHECK(check_tensor("v", v, rank));
-        if (v->dtype != q->dtype) return INVALID("v: dtype must equal q's (%s), got %s", dtype_name(q->dtype), dtype_name(v->dtype));
+        if (v->dtype != q->dtype) return INVALID("v: dtype must equal q's (%s), got %s", api_dtype_name(q->dtype), api_dtype_name(v->dtype));
         CHECK(check_unit_last("v", v));
         if (rank == 4) CHECK(check_dim("v", v, 0, q->shape[0], "B"));
         CHECK(check_dim("v", v, la, k->shape[la], "Lk"));
@@ -271,7 +269,7 @@ static enum cflash_status check_qkvo(int rank, const struct cflash_tensor *q, co
     }
     CHECK(check_tensor("out", out, rank));
     if (out->dtype != q->dtype && out->dtype != CFLASH_DTYPE_F32)
-        return INVALID("out: dtype must be q's (%s) or float32, got %s", dtype_name(q->dtype), dtype_name(out->dtype));
+        return INVALID("out: dtype must be q's (%s) or float32, got %s", api_dtype_name(q->dtype), api_dtype_name(out->dtype));
     for (int a = 0; a < rank - 1; a++)
         if (out->shape[a] != q->shape[a])
             return INVALID("out: shape[%d] must equal q's (%lld), got %lld", a, (long long)q->shape[a], (long long)out->shape[a]);
@@ -282,7 +280,7 @@ static enum cflash_status check_qkvo(int rank, const struct cflash_tensor *q, co
 }
 
 /* lse: NULL, or fp32 [B, Hq, T] (dense, rank 3) / [Hq, T] (packed, rank 2), an output. */
-static enum cflash_status check_lse(const struct cflash_tensor *lse, int dense, int64_t B,
+enum cflash_status check_lse(const struct cflash_tensor *lse, int dense, int64_t B,
                                     int64_t Hq, int64_t T) {
     if (!lse) return CFLASH_STATUS_OK;
     CHECK(check_tensor("lse", lse, dense ? 3 : 2));
@@ -369,7 +367,7 @@ static enum cflash_status run_work(int rank, const struct cflash_tensor *q, cons
 }
 
 /* Per-sequence masks: plan the sequences (plan.c), then run. */
-static enum cflash_status run_attention(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
+enum cflash_status run_attention(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
                                         const struct cflash_tensor *v, const struct cflash_tensor *out,
                                         const struct cflash_tensor *lse, const struct cflash_attn_params *p,
                                         int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
@@ -409,7 +407,7 @@ enum cflash_status cflash_attn_dense(const struct cflash_tensor *q, const struct
 }
 
 /* cu_seqlens: int32 [B + 1], 0 first, non-decreasing, last == total; max length <= hint. */
-static enum cflash_status check_cu_seqlens(const char *name, const char *hint_name,
+enum cflash_status check_cu_seqlens(const char *name, const char *hint_name,
                                            const struct cflash_tensor *cu, int64_t B, int64_t total,
                                            int64_t hint) {
     CHECK(check_tensor(name, cu, 1));
@@ -499,11 +497,13 @@ enum cflash_status cflash_attn_range(const struct cflash_tensor *q, const struct
     if (p->alibi_slopes && p->alibi_slopes->ndim != 1)
         return INVALID("alibi_slopes: must have shape [Hq] with a range plan");
     CHECK(check_params(p, 1, Hq));
-    if (p->mask || p->bias)
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: masks and biases with range plans are not implemented yet", p->mask ? "mask" : "bias");
+    /* the plan's segments have origin 0: masks and biases index the global axes */
+    struct attn_scoresrc mask, bias;
+    CHECK(check_scoresrc("mask", p->mask, p->mask_layout, 1, 1, 1, Hq, Hk, Tq, Tk, Tq, Tk, &mask));
+    CHECK(check_scoresrc("bias", p->bias, p->bias_layout, 0, 1, 1, Hq, Hk, Tq, Tk, Tq, Tk, &bias));
     if (Tq == 0) return CFLASH_STATUS_OK;
     return run_work(3, q, k, v, out, lse, p, 1, Hq, Hk, D, Dv, plan->segments, plan->num_segments,
-                    plan->slices, NULL, NULL);
+                    plan->slices, &mask, &bias);
 }
 
 /* ---- KV caches ---- */
@@ -668,8 +668,24 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
     }
     CHECK(check_lse(lse, 1, B, Hq, Lq));
     CHECK(check_params(p, B, Hq));
-    if (p->mask || p->bias)
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: masks and biases with KV caches are not implemented yet", p->mask ? "mask" : "bias");
+    /* masks and biases: DENSE layout over the logical key axis of each batch entry */
+    struct attn_scoresrc mask, bias;
+    {
+        int64_t maxk = 0;
+        for (int64_t b = 0; b < B; b++)
+            if (i32_at(cache->cache_seqlens, b) + Lnew > maxk) maxk = i32_at(cache->cache_seqlens, b) + Lnew;
+        if (p->mask && p->mask_layout != CFLASH_LAYOUT_DENSE)
+            return INVALID("mask: KV-cache calls take the DENSE layout [B|1, Hv, Lq|1, Lk|1] only");
+        if (p->bias && p->bias_layout != CFLASH_LAYOUT_DENSE)
+            return INVALID("bias: KV-cache calls take the DENSE layout [B|1, Hv, Lq|1, Lk|1] only");
+        CHECK(check_scoresrc("mask", p->mask, p->mask_layout, 1, 1, B, Hq, Hk, Lq, maxk, 0, 0, &mask));
+        CHECK(check_scoresrc("bias", p->bias, p->bias_layout, 0, 1, B, Hq, Hk, Lq, maxk, 0, 0, &bias));
+        /* packed-style checks allow Lq|1 >= Lq; a cache call's query axis is exact */
+        if (p->mask && p->mask->shape[2] != 1 && p->mask->shape[2] != Lq)
+            return INVALID("mask: shape[2] must be 1 or Lq (%lld), got %lld", (long long)Lq, (long long)p->mask->shape[2]);
+        if (p->bias && p->bias->shape[2] != 1 && p->bias->shape[2] != Lq)
+            return INVALID("bias: shape[2] must be 1 or Lq (%lld), got %lld", (long long)Lq, (long long)p->bias->shape[2]);
+    }
 
     /* rotary embedding: tables, dims, and every position inside the tables */
     struct rotary ro;
@@ -739,6 +755,8 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
 
     struct attn_work w;
     fill_work(&w, 4, q, kc, vc, out, lse, p, B, Hq, Hk, D, Dv);
+    w.mask = mask;
+    w.bias = bias;
     if (bt) {
         w.block_table = bt->data;
         w.bt_sb = bt->stride[0];
@@ -759,10 +777,6 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
 
 /* ---- merge ---- */
 
-enum cflash_status cpu_merge(const struct cflash_tensor *o1, const struct cflash_tensor *lse1,
-                             const struct cflash_tensor *o2, const struct cflash_tensor *lse2,
-                             const struct cflash_tensor *out, const struct cflash_tensor *lse_out);
-
 enum cflash_status cflash_merge(const struct cflash_tensor *o1, const struct cflash_tensor *lse1,
                                 const struct cflash_tensor *o2, const struct cflash_tensor *lse2,
                                 const struct cflash_tensor *out,
@@ -773,10 +787,10 @@ enum cflash_status cflash_merge(const struct cflash_tensor *o1, const struct cfl
     CHECK(check_tensor("o1", o1, rank));
     CHECK(check_float("o1", o1));
     CHECK(check_tensor("o2", o2, rank));
-    if (o2->dtype != o1->dtype) return INVALID("o2: dtype must equal o1's (%s), got %s", dtype_name(o1->dtype), dtype_name(o2->dtype));
+    if (o2->dtype != o1->dtype) return INVALID("o2: dtype must equal o1's (%s), got %s", api_dtype_name(o1->dtype), api_dtype_name(o2->dtype));
     CHECK(check_tensor("out", out, rank));
     if (out->dtype != o1->dtype && out->dtype != CFLASH_DTYPE_F32)
-        return INVALID("out: dtype must be o1's (%s) or float32, got %s", dtype_name(o1->dtype), dtype_name(out->dtype));
+        return INVALID("out: dtype must be o1's (%s) or float32, got %s", api_dtype_name(o1->dtype), api_dtype_name(out->dtype));
     for (int a = 0; a < rank; a++) {
         if (o2->shape[a] != o1->shape[a]) return INVALID("o2: shape[%d] must equal o1's (%lld), got %lld", a, (long long)o1->shape[a], (long long)o2->shape[a]);
         if (out->shape[a] != o1->shape[a]) return INVALID("out: shape[%d] must equal o1's (%lld), got %lld", a, (long long)o1->shape[a], (long long)out->shape[a]);

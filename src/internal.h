@@ -93,6 +93,44 @@ enum cflash_status cflash_set_error(enum cflash_status st, const char *fmt, ...)
 #endif
     ;
 
+#define INVALID(...) cflash_set_error(CFLASH_STATUS_INVALID_ARGUMENT, __VA_ARGS__)
+#define CHECK(expr) do { enum cflash_status st_ = (expr); if (st_) return st_; } while (0)
+
+/* ---- api.c: argument checks shared by the entry points; each returns OK or sets a message
+ * naming `name` ---- */
+const char *api_dtype_name(enum cflash_dtype t);
+/* rank, dtype, device, shape, strides below 2^53, data != NULL when non-empty */
+enum cflash_status check_tensor(const char *name, const struct cflash_tensor *t, int ndim);
+enum cflash_status check_float(const char *name, const struct cflash_tensor *t);
+enum cflash_status check_dtype(const char *name, const struct cflash_tensor *t, enum cflash_dtype want);
+enum cflash_status check_dim(const char *name, const struct cflash_tensor *t, int axis,
+                             int64_t want, const char *what);
+enum cflash_status check_unit_last(const char *name, const struct cflash_tensor *t);
+/* outputs: positive strides, no two elements sharing memory */
+enum cflash_status check_output_layout(const char *name, const struct cflash_tensor *t);
+enum cflash_status check_params(const struct cflash_attn_params *p, int64_t B, int64_t Hq);
+/* q, k, v, out of a dense (rank 4) or packed (rank 3) call; fills Hq, Hk, D, Dv */
+enum cflash_status check_qkvo(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
+                              const struct cflash_tensor *v, const struct cflash_tensor *out,
+                              int64_t *Hq, int64_t *Hk, int64_t *D, int64_t *Dv);
+enum cflash_status check_lse(const struct cflash_tensor *lse, int dense, int64_t B, int64_t Hq,
+                             int64_t T);
+/* int32 [B + 1] (B < 0: any), 0 first, non-decreasing, last == total, longest <= hint (-1: none) */
+enum cflash_status check_cu_seqlens(const char *name, const char *hint_name,
+                                    const struct cflash_tensor *cu, int64_t B, int64_t total,
+                                    int64_t hint);
+/* Per-sequence attention (sequence b: rows [qs, qs + lq), keys [ks, ks + lk)) of validated
+ * operands of rank 4 (dense) or 3 (packed); mask / bias may be NULL. */
+enum cflash_status run_attention(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                 const struct cflash_tensor *v, const struct cflash_tensor *out,
+                                 const struct cflash_tensor *lse, const struct cflash_attn_params *p,
+                                 int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
+                                 const int64_t *qs, const int64_t *lq, const int64_t *ks, const int64_t *lk,
+                                 const struct attn_scoresrc *mask, const struct attn_scoresrc *bias);
+enum cflash_status cpu_merge(const struct cflash_tensor *o1, const struct cflash_tensor *lse1,
+                             const struct cflash_tensor *o2, const struct cflash_tensor *lse2,
+                             const struct cflash_tensor *out, const struct cflash_tensor *lse_out);
+
 /* ---- plan.c: per-sequence masks -> segments and slices ---- */
 struct attn_plan {
     struct attn_segment *segments;
