@@ -475,7 +475,10 @@ static int mask_tile_any(const struct attn_work *w, const struct attn_segment *s
  * visible columns [lo, hi) of every row, after the softcap. */
 static void apply_mask_bias(const struct attn_work *w, const struct attn_segment *sg, int64_t kvh,
                             int64_t G, int64_t i0, int64_t nrows, const int64_t *col,
-                            const int32_t *lo, const int32_t *hi, float *st, int64_t R) {
+                            const int32_t *lo, const int32_t *hi, float *st, int64_t R,
+                            int64_t ra, int64_t rb) {
+    /* rows [ra, rb) of the tile (whole vectors) are computed; lo / hi are set for them only */
+    const int64_t rend = rb < nrows ? rb : nrows;
     const struct attn_scoresrc *m = &w->mask, *bs = &w->bias;
     /* Key-side sources read by one variant for the whole tile (Hv in {1, Hk}): one mask byte
      * and one bias value per key, applied to all rows as vectors. Rows outside their visible
@@ -483,23 +486,23 @@ static void apply_mask_bias(const struct attn_work *w, const struct attn_segment
     const int per_key = (!m->data || (m->sq == 0 && m->hdiv >= G)) &&
                         (!bs->data || (bs->sq == 0 && bs->hdiv >= G));
     if (per_key) {
-        const int64_t h = kvh * G, arows = round_up(nrows, VL);
+        const int64_t h = kvh * G;
         const int64_t moff = m->data ? scoresrc_offset(m, sg, h, i0, 0) : 0; /* key 0; linear in key */
         const int64_t boff = bs->data ? scoresrc_offset(bs, sg, h, i0, 0) : 0;
         int cmax = 0;
-        for (int64_t r = 0; r < nrows; r++) cmax = hi[r] > cmax ? hi[r] : cmax;
+        for (int64_t r = ra; r < rend; r++) cmax = hi[r] > cmax ? hi[r] : cmax;
         for (int c = 0; c < cmax; c++) {
             float *sp = st + c * R;
             if (m->data && !m->data[moff + col[c] * m->sk]) {
-                for (int64_t r = 0; r < arows; r += VL) vstore(sp + r, vset1(-INFINITY));
+                for (int64_t r = ra; r < rb; r += VL) vstore(sp + r, vset1(-INFINITY));
             } else if (bs->data) {
                 const float add = LOG2E * load_f32(bs->data, bs->dtype, boff + col[c] * bs->sk);
-                for (int64_t r = 0; r < arows; r += VL) vstore(sp + r, vload(sp + r) + add);
+                for (int64_t r = ra; r < rb; r += VL) vstore(sp + r, vload(sp + r) + add);
             }
         }
         return;
     }
-    for (int64_t r = 0; r < nrows; r++) {
+    for (int64_t r = ra; r < rend; r++) {
         if (lo[r] >= hi[r]) continue;
         const int64_t h = kvh * G + r % G, i = i0 + r / G;
         const int64_t moff = m->data ? scoresrc_offset(m, sg, h, i, 0) : 0;
@@ -593,20 +596,37 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
                     if (w->mask.data[compact_off + cur * w->mask.sk]) col[ncols++] = cur;
                 if (ncols == 0) break;
             } else {
-                for (; cur < chi && ncols < BC; cur++) col[ncols++] = cur;
+                /* A tile the band cuts (some row cannot see its last key) takes half the keys:
+                 * with the row trimming below, a causal diagonal wastes a quarter as much. */
+                const int width = cur + BC - 1 > rlo + sl->dhi ? BC / 2 : BC;
+                for (; cur < chi && ncols < width; cur++) col[ncols++] = cur;
             }
             const int64_t c0 = col[0], clast = col[ncols - 1];
             for (int c = 0; c < ncols; c++) colf[c] = (float)(col[c] - c0);
             /* Every (row, col) of the tile visible: skip the per-row clipping. */
             const int full = !compact && all_rows && c0 - (i1 - 1) >= sl->dlo && clast - i0 <= sl->dhi;
             if (w->mask.data && !compact && !mask_tile_any(w, sg, kvh, G, i0, nrows, c0, ncols)) continue;
+            /* Rows [ra, rb) (whole vectors) can see a key of this tile: positions i with
+             * i + dlo <= clast and i + dhi >= c0. Causal diagonal tiles skip the rows above
+             * the diagonal (half of a 128-row tile's diagonal work). Not with head-dim phases,
+             * whose rows are interleaved. */
+            int64_t ra = 0, rb = arows;
+            if (P == 1) {
+                const int64_t fi = c0 - sl->dhi > rlo ? c0 - sl->dhi : rlo;
+                const int64_t li = clast - sl->dlo < rhi - 1 ? clast - sl->dlo : rhi - 1;
+                if (fi > li) continue;
+                ra = (fi - i0) * G / VL * VL;
+                rb = round_up((li - i0 + 1) * G, VL);
+                if (rb > arows) rb = arows;
+            }
+            const int64_t pb = rb < prows ? rb : prows; /* output rows updated: [ra, pb) */
 
 #if BF16_DOT
             if (bf16dot) {
                 for (int c = 0; c < ncols; c++)
                     kp16[c] = (const uint16_t *)(const void *)kv_row(w, &w->k, sg, col[c], kvh);
                 pack_v_pairs((uint32_t *)(void *)t.vb, w, sg, kvh, col, ncols, Dvp);
-                qk_tile_bf16(kp16, ncols, D, (const uint32_t *)(void *)t.qt, R, arows, t.st);
+                qk_tile_bf16(kp16, ncols, D, (const uint32_t *)(void *)t.qt + ra, R, rb - ra, t.st + ra);
             } else
 #endif
             for (int c = 0; c < ncols; c++) {
@@ -634,11 +654,11 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
                 qk_tile_phased(kp, ncols, D, t.qt, R, t.st, P);
 #endif
             } else {
-                qk_tile(kp, ncols, D, t.qt, R, arows, t.st);
+                qk_tile(kp, ncols, D, t.qt + ra, R, rb - ra, t.st + ra);
             }
 
             /* Visible columns of each row in this tile. */
-            for (int64_t r = 0; r < arows; r++) {
+            for (int64_t r = ra; r < rb; r++) {
                 const int64_t i = i0 + r / G;
                 int64_t lo = 0, hi = ncols;
                 if (r >= nrows || i < sl->q0 || i >= sl->q1) {
@@ -663,14 +683,14 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
              * (which must follow the softcap), then the max; without, all in one pass. */
             const int masked = !full || arows != nrows;
             const int msrc = w->mask.data || w->bias.data;
-            for (int64_t r = 0; msrc && r < arows; r += VL)
+            for (int64_t r = ra; msrc && r < rb; r += VL)
                 for (int c = 0; c < ncols; c++) {
                     float *sp = t.st + c * R + r;
                     vstore(sp, score_rules(vload(sp), c, colf[c], t.lo + r, t.hi + r, t.slope + r, t.adiag + r,
                                            bf16dot, qmul, softcap, cap2, inv_cap, w->alibi != NULL, masked));
                 }
-            if (msrc) apply_mask_bias(w, sg, kvh, G, i0, nrows, col, t.lo, t.hi, t.st, R);
-            for (int64_t r = 0; r < arows; r += VL) {
+            if (msrc) apply_mask_bias(w, sg, kvh, G, i0, nrows, col, t.lo, t.hi, t.st, R, ra, rb);
+            for (int64_t r = ra; r < rb; r += VL) {
                 vf mx = vset1(-INFINITY);
                 for (int c = 0; c < ncols; c++) {
                     float *sp = t.st + c * R + r;
@@ -701,11 +721,11 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
 
 #if BF16_DOT
             if (bf16dot) {
-                pack_p_pairs(t.pp, t.st, R, arows, ncols);
-                pv_tile_bf16(t.pp, R, prows, (const uint32_t *)(void *)t.vb, ncols, t.alpha, t.o, Dvp);
+                pack_p_pairs(t.pp + ra, t.st + ra, R, rb - ra, ncols);
+                pv_tile_bf16(t.pp + ra, R, pb - ra, (const uint32_t *)(void *)t.vb, ncols, t.alpha + ra, t.o + ra * Dvp, Dvp);
             } else
 #endif
-            pv_tile(t.st, R, prows, vp, ncols, t.alpha, t.o, Dvp);
+            pv_tile(t.st + ra, R, pb - ra, vp, ncols, t.alpha + ra, t.o + ra * Dvp, Dvp);
         }
     }
 
