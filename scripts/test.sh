@@ -3,7 +3,7 @@
 #   1. Release build in build/ and its ctest (the same build scripts/setup.sh made).
 #   2. AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/ (RelWithDebInfo,
 #      -DCFLASH_SANITIZE=ON, benchmarks and examples off) and its ctest.
-#   3. (planned) pytest for the Python package.
+#   3. pytest for the Python package (python/tests; installed by scripts/setup.sh).
 # Run scripts/setup.sh once first on a fresh machine (it installs the system packages).
 #
 # Environment: BUILD_DIR (default build), ASAN_BUILD_DIR (default build-asan), JOBS (default:
@@ -40,10 +40,9 @@ else
 fi
 
 # ---- 3. Python tests -------------------------------------------------------------------------
-# >>> PYTEST STEP (planned, issue 5: Python backend) >>>
-# When python/ lands: build/install the extension, then e.g.
-#   python3 -m pytest -q python/tests
-# and let a failure fail this script (set -e does it).
-# <<< PYTEST STEP <<<
+# The package installed by scripts/setup.sh (pip install .; after C changes run setup.sh again,
+# or just: python3 -m pip install --no-build-isolation .). A failure fails this script (set -e).
+say "pytest (python/tests, against the installed cflash package)"
+"${PYTHON:-python3}" -m pytest -q python/tests
 
 say "all tests passed"

@@ -140,7 +140,7 @@ struct kv_source {
 /* V is K: v NULL, or a view of k's first Dv columns (same data and strides, Dv <= D). */
 static int is_view_of_k(const struct cflash_tensor *k, const struct cflash_tensor *v) {
     if (!v) return 1;
-    if (v->data != k->data || v->ndim != k->ndim || v->shape[v->ndim - 1] > k->shape[k->ndim - 1]) return 0;
+    if (!v->data || v->data != k->data || v->ndim != k->ndim || v->shape[v->ndim - 1] > k->shape[k->ndim - 1]) return 0;
     for (int a = 0; a < k->ndim - 1; a++)
         if (v->shape[a] != k->shape[a] || (v->shape[a] > 1 && v->stride[a] != k->stride[a])) return 0;
     return 1;

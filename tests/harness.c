@@ -192,6 +192,7 @@ int main(int argc, char **argv)
     register_kvcache_tests();
     register_split_tests();
     register_rotary_tests();
+    register_context_tests();
     tcase_add("api/every_case_in_a_ctest_group", groups_case, NULL, 0);
 
     int passed = 0, failed = 0, skipped = 0;
@@ -638,5 +639,15 @@ int msg_names(const char *msg, const char *name)
         if (!before && !after)
             return 1;
     }
+    return 0;
+}
+
+int msg_names_any(const char *msg, const char *names)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", names);
+    for (char *save = NULL, *tok = strtok_r(buf, "|", &save); tok; tok = strtok_r(NULL, "|", &save))
+        if (msg_names(msg, tok))
+            return 1;
     return 0;
 }

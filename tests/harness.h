@@ -68,6 +68,7 @@ void register_mask_tests(void);
 void register_kvcache_tests(void);
 void register_split_tests(void);
 void register_rotary_tests(void); /* cases named kvcache/rotary/... */
+void register_context_tests(void);
 /* `cflash_tests --env-probe`: the child process of test_env.c */
 int env_probe_main(void);
 
@@ -206,15 +207,22 @@ struct rcells {
 int rcells_build(struct rcells *c, const struct rplan *p);
 void rcells_free(struct rcells *c);
 
+struct mask_src;
 /* Attention over a plan (in->B, qoff, koff, causal, window are ignored; alibi is [Hq]), exact
- * fp64 (mode F32) or naive same-precision (F16 / BF16), as oracle_attn. o: [Tq][Hq][Dv];
- * lse: [Tq][Hq] or NULL. */
+ * fp64 (mode F32) or naive same-precision (F16 / BF16), as oracle_attn. mask / bias (NULL or
+ * t NULL: none) index the plan's global axes as one sequence (SPEC 5's table with b = 0,
+ * i = row, j = col): a cell is visible iff the plan covers it and the mask keeps it; the bias is
+ * added after the softcap. o: [Tq][Hq][Dv]; lse: [Tq][Hq] or NULL; nvis: [Tq][Hq] visible-key
+ * counts or NULL. */
 void range_oracle_attn(const struct oracle_in *in, const struct rplan *p, const struct rcells *c,
-                       enum cflash_dtype mode, double *o, double *lse);
+                       const struct mask_src *mask, const struct mask_src *bias,
+                       enum cflash_dtype mode, double *o, double *lse, int64_t *nvis);
 
 /* Substring match of a whole identifier token: name occurs in msg delimited by
  * non-identifier characters. */
 int msg_names(const char *msg, const char *name);
+/* msg_names for any of the '|'-separated names ("k|cache|layer_id"). */
+int msg_names_any(const char *msg, const char *names);
 
 /* ---- boolean mask and additive bias (SPEC 5; mask_oracle.c) ---------------------------- */
 

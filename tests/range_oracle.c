@@ -164,9 +164,13 @@ static double rnd(enum cflash_dtype mode, double x)
 }
 
 void range_oracle_attn(const struct oracle_in *in, const struct rplan *p, const struct rcells *c,
-                       enum cflash_dtype mode, double *o, double *lse)
+                       const struct mask_src *mask, const struct mask_src *bias,
+                       enum cflash_dtype mode, double *o, double *lse, int64_t *nvis)
 {
+    const int has_mask = mask && mask->t, has_bias = bias && bias->t;
     const int64_t Hq = in->Hq, Hk = in->Hk, D = in->D, Dv = in->Dv, group = Hq / Hk;
+    /* the plan's axes as one sequence: row r = local query r, col = local key col */
+    const int64_t qoff[2] = {0, p->Tq}, koff[2] = {0, p->Tk};
     int64_t maxw = 1;
     for (int64_t r = 0; r < p->Tq; r++)
         if (c->row_start[r + 1] - c->row_start[r] > maxw)
@@ -180,11 +184,22 @@ void range_oracle_attn(const struct oracle_in *in, const struct rplan *p, const 
             const double *qi = in->q + (r * Hq + h) * D;
             double *oi = o + (r * Hq + h) * Dv;
             double m = -INFINITY;
+            int64_t cnt = 0;
             for (int64_t e = 0; e < n; e++) {
                 const int64_t col = c->col[e0 + e];
                 const int32_t *sl = p->s[c->slice[e0 + e]];
+                int64_t idx[CFLASH_MAX_DIMS];
+                if (has_mask) {
+                    mask_elem_index(mask, Hq, qoff, koff, 0, h, r, col, idx);
+                    if (tget(mask->t, idx) == 0)
+                        continue; /* nonzero = keep, ANDed with the plan */
+                }
                 const double *kj = in->k + (col * Hk + g) * D;
                 double sj = oracle_score(mode, qi, kj, D, in->scale, in->softcap);
+                if (has_bias) {
+                    mask_elem_index(bias, Hq, qoff, koff, 0, h, r, col, idx);
+                    sj = rnd(mode, sj + tget(bias->t, idx));
+                }
                 if (in->alibi) {
                     /* the distance to the bottom-right diagonal of the slice that owns the cell,
                      * in that slice's local coordinates */
@@ -193,12 +208,14 @@ void range_oracle_attn(const struct oracle_in *in, const struct rplan *p, const 
                     double dist = fabs((double)(i + Lk - Lq - j));
                     sj = rnd(mode, sj - rnd(mode, in->alibi[h] * dist));
                 }
-                s[e] = sj;
-                vr[e] = in->v + (col * Hk + g) * Dv;
+                s[cnt] = sj;
+                vr[cnt++] = in->v + (col * Hk + g) * Dv;
                 if (sj > m)
                     m = sj;
             }
-            oracle_softmax_row(mode, s, n, m, in->sinks ? &in->sinks[h] : NULL, vr, Dv, oi,
+            if (nvis)
+                nvis[r * Hq + h] = cnt;
+            oracle_softmax_row(mode, s, cnt, m, in->sinks ? &in->sinks[h] : NULL, vr, Dv, oi,
                                lse ? &lse[r * Hq + h] : NULL);
         }
     }

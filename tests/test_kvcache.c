@@ -16,9 +16,15 @@
  *                          reads past the logical keys fails (or trips AddressSanitizer).
  *   kvcache/threads/...    the same paged call with 1, 2, 3 and the default thread count gives
  *                          identical out, lse and cache bytes.
- *   kvcache/misuse/...     each bad argument returns INVALID_ARGUMENT (masks and biases:
- *                          UNSUPPORTED) with a message naming the argument, and changes no byte
- *                          of the caches, the inputs, out or lse.
+ *   kvcache/misuse/...     each bad argument returns INVALID_ARGUMENT with a message naming
+ *                          the argument, and changes no byte of the caches, the inputs, out or
+ *                          lse (masks / biases: only the DENSE layout with a cache).
+ *
+ * Masks and biases (cflash.h): DENSE [B|1, Hv, Lq|1, Lk|1] with Lk >= the longest total key
+ * count; column t is logical key t of batch entry b. The oracle is mask_oracle_attn over the
+ * logical key sequences; the dense reference call gets the batch entry's slice of the mask /
+ * bias (its first cache_seqlens[b] + Lnew columns). Columns no batch entry reads hold garbage
+ * (0 = masked, NaN bias).
  *
  * flash_attn_with_kvcache semantics mirrored here: cache_seqlens is not modified by the call;
  * k_new / v_new are written at cache_seqlens[b] .. + Lnew - 1 before attending; queries see
@@ -36,6 +42,17 @@
 
 enum { VM_SEP = 0, VM_NULL = 1, VM_VIEW = 2 };
 enum { BIDX_NONE = 0, BIDX_PERM = 1, BIDX_SUBSET = 2, BIDX_DUP = 3 };
+
+/* a DENSE mask or bias [B|1, Hv, Lq|1, Lk|1] over the logical keys */
+struct kmspec {
+    int on;
+    int hv;        /* 0: 1, 1: Hk, 2: Hq */
+    int b1, q1, k1; /* size-1 (broadcast) axes */
+    int grow;      /* the key axis this much longer than the longest total key count */
+    int storage;   /* 0 row-major, 1 transposed (every axis reversed), 2 padded */
+    int emptyrows; /* masks: some rows fully masked */
+    enum cflash_dtype dtype; /* biases */
+};
 
 struct kvc_cfg {
     enum cflash_kernel kernel;
@@ -57,6 +74,7 @@ struct kvc_cfg {
     int strided;          /* padded / bhsd caches, padded q, bhsd k_new, v_new with a negative
                            * sequence stride, padded out / lse / tables */
     int threads;
+    struct kmspec m, bi; /* mask / bias (DENSE layout) */
     uint64_t seed;
 };
 
@@ -156,6 +174,21 @@ static void kvc_name(char *buf, size_t n, const char *prefix, const struct kvc_c
         APPEND("/strided");
     if (c->threads)
         APPEND("/threads=%d", c->threads);
+    static const char *hvn[3] = {"1", "Hk", "Hq"}, *stn[3] = {"contig", "transposed", "padded"};
+    for (int w = 0; w < 2; w++) {
+        const struct kmspec *sp = w ? &c->bi : &c->m;
+        if (!sp->on)
+            continue;
+        APPEND("/%s=Hv=%s,%s", w ? "bias" : "mask", hvn[sp->hv], stn[sp->storage]);
+        if (w)
+            APPEND(",%s", dtype_name(sp->dtype));
+        else if (sp->emptyrows)
+            APPEND(",emptyrows");
+        if (sp->b1 || sp->q1 || sp->k1)
+            APPEND(",bcast=%s%s%s", sp->b1 ? "B" : "", sp->q1 ? "Lq" : "", sp->k1 ? "Lk" : "");
+        if (sp->grow)
+            APPEND(",grow=%d", sp->grow);
+    }
     if (c->seed)
         APPEND("/seed=%llx", (unsigned long long)c->seed);
 }
@@ -169,7 +202,8 @@ struct kvc {
     int64_t nrows, L1, maxp; /* Bc x Lmax, or num_pages x page_size; block-table width */
     int32_t bidxh[KMAXB];
     int32_t *bth;            /* [B][maxp] */
-    struct tbuf q, kc, vc, kn, vn, seqt, bidx, bt, alibi, sinks;
+    struct tbuf q, kc, vc, kn, vn, seqt, bidx, bt, alibi, sinks, mask, bias;
+    struct mask_src msrc, bsrc;
     struct cflash_tensor vc_view, vn_view;
     const struct cflash_tensor *vcp, *knp, *vnp;
     struct cflash_kvcache cache;
@@ -218,6 +252,48 @@ static void shuffle(int32_t *a, int64_t n, struct rng *r)
         a[i] = a[j];
         a[j] = x;
     }
+}
+
+/* A DENSE mask / bias [B|1, Hv, Lq|1, Lk|1] (Lk = the longest total + grow, at least 1). An
+ * element some batch entry reads (column t < its total) gets a value; columns no entry reads
+ * keep garbage: 0 (masked) in masks, 0xff bytes (NaN) in biases. */
+static void kvc_build_src(struct kvc *s, struct tbuf *tb, struct mask_src *ms,
+                          const struct kmspec *sp, int is_mask, struct rng *r)
+{
+    int64_t maxtot = 0;
+    for (int64_t b = 0; b < s->B; b++)
+        if (s->tot[b] > maxtot)
+            maxtot = s->tot[b];
+    const int64_t Hv = sp->hv == 0 ? 1 : sp->hv == 1 ? s->Hk : s->Hq;
+    int64_t sh[4] = {sp->b1 ? 1 : s->B, Hv, sp->q1 ? 1 : s->Lq, sp->k1 ? 1 : maxtot + sp->grow};
+    if (sh[3] == 0)
+        sh[3] = 1;
+    static const int rev[4] = {3, 2, 1, 0};
+    tbuf_make(tb, is_mask ? CFLASH_DTYPE_U8 : sp->dtype, 4, sh, sp->storage == 1 ? rev : NULL,
+              sp->storage == 2 ? 3 : 0, -1);
+    tbuf_poison(tb, is_mask ? 0x00 : 0xff);
+    ms->t = &tb->t;
+    ms->layout = CFLASH_LAYOUT_DENSE;
+    int64_t idx[4];
+    for (idx[0] = 0; idx[0] < sh[0]; idx[0]++)
+        for (idx[1] = 0; idx[1] < sh[1]; idx[1]++)
+            for (idx[2] = 0; idx[2] < sh[2]; idx[2]++)
+                for (idx[3] = 0; idx[3] < sh[3]; idx[3]++) {
+                    /* the longest total among the batch entries reading this element */
+                    int64_t reach = sp->b1 ? maxtot : s->tot[idx[0]];
+                    if (!sp->k1 && idx[3] >= reach)
+                        continue;
+                    double v;
+                    if (is_mask) {
+                        int keep = rng_uniform(r) < 0.7;
+                        if (sp->emptyrows && (idx[0] * 7 + idx[2] * 3 + idx[1]) % 4 == 0)
+                            keep = 0;
+                        v = keep ? (double)(1 + rng_int(r, 255)) : 0.0;
+                    } else {
+                        v = rng_normal(r);
+                    }
+                    tset(&tb->t, idx, v);
+                }
 }
 
 static void kvc_setup(struct kvc *s, const struct kvc_cfg *c)
@@ -414,6 +490,16 @@ static void kvc_setup(struct kvc *s, const struct kvc_cfg *c)
         tfill_randn(&s->sinks.t, &r, 1, 1);
         s->params.sinks = &s->sinks.t;
     }
+    if (c->m.on) {
+        kvc_build_src(s, &s->mask, &s->msrc, &c->m, 1, &r);
+        s->params.mask = &s->mask.t;
+        s->params.mask_layout = CFLASH_LAYOUT_DENSE;
+    }
+    if (c->bi.on) {
+        kvc_build_src(s, &s->bias, &s->bsrc, &c->bi, 0, &r);
+        s->params.bias = &s->bias.t;
+        s->params.bias_layout = CFLASH_LAYOUT_DENSE;
+    }
 }
 
 static void kvc_free(struct kvc *s)
@@ -428,6 +514,8 @@ static void kvc_free(struct kvc *s)
     tbuf_free(&s->bt);
     tbuf_free(&s->alibi);
     tbuf_free(&s->sinks);
+    tbuf_free(&s->mask);
+    tbuf_free(&s->bias);
     free(s->bth);
     s->bth = NULL;
 }
@@ -476,6 +564,7 @@ struct kctx {
     double *rf_o, *rf_l;        /* dense reference kernel */
     double *got_o, *got_l;      /* the kvcache call */
     double *alibi, *sinks;
+    int64_t *nvis;              /* [Tq][Hq] visible keys (fp64 oracle) */
     struct tbuf oref, lref, out, lse;
     struct snap kc0, vc0, q0, kn0, vn0, seq0, bidx0, bt0;
     unsigned char *kc_want, *vc_want;
@@ -677,6 +766,26 @@ static int dense_reference(struct kctx *x)
             av.data = (float *)av.data + b * av.stride[0];
             p.alibi_slopes = &av;
         }
+        /* batch entry b's slice of the mask / bias: its row and its first L columns */
+        struct cflash_tensor mv, bv;
+        const struct cflash_tensor *srcs[2] = {s->params.mask, s->params.bias};
+        struct cflash_tensor *views[2] = {&mv, &bv};
+        for (int w = 0; w < 2; w++) {
+            if (!srcs[w])
+                continue;
+            *views[w] = *srcs[w];
+            struct cflash_tensor *t = views[w];
+            if (t->shape[0] != 1) {
+                t->data = (char *)t->data + b * t->stride[0] * (int64_t)dtype_size(t->dtype);
+                t->shape[0] = 1;
+            }
+            if (t->shape[3] != 1)
+                t->shape[3] = L > 0 ? L : 1;
+        }
+        if (p.mask)
+            p.mask = &mv;
+        if (p.bias)
+            p.bias = &bv;
         enum cflash_status st = cflash_attn_dense(&qv, &kb.t, vp, &ov, &lv, &p);
         tbuf_free(&kb);
         tbuf_free(&vb);
@@ -718,8 +827,9 @@ static int check_rows_exact(struct kctx *x, const double *o, const double *l, co
     struct kvc *s = &x->s;
     for (int64_t b = 0; b < s->B; b++)
         for (int64_t i = 0; i < s->Lq; i++) {
-            const int64_t t = b * s->Lq + i, nvis = visible_count(s, b, i);
+            const int64_t t = b * s->Lq + i;
             for (int64_t h = 0; h < s->Hq; h++) {
+                const int64_t nvis = x->nvis ? x->nvis[t * s->Hq + h] : visible_count(s, b, i);
                 for (int64_t d = 0; d < s->Dv; d++) {
                     double v = o[(t * s->Hq + h) * s->Dv + d];
                     CHECK0(isfinite(v), "%s: out[b=%lld,i=%lld,h=%lld,d=%lld] = %g is not finite",
@@ -814,6 +924,7 @@ static void kctx_free(struct kctx *x)
     free(x->got_l);
     free(x->alibi);
     free(x->sinks);
+    free(x->nvis);
     tbuf_free(&x->oref);
     tbuf_free(&x->lref);
     tbuf_free(&x->out);
@@ -854,9 +965,10 @@ static void check_inner(struct kctx *x)
     x->rf_l = malloc(sizeof(double) * (size_t)nl);
     x->got_o = malloc(sizeof(double) * (size_t)no);
     x->got_l = malloc(sizeof(double) * (size_t)nl);
-    oracle_attn(&in, CFLASH_DTYPE_F32, x->ex_o, x->ex_l);
+    x->nvis = malloc(sizeof(int64_t) * (size_t)nl);
+    mask_oracle_attn(&in, &s->msrc, &s->bsrc, CFLASH_DTYPE_F32, x->ex_o, x->ex_l, x->nvis);
     if (half)
-        oracle_attn(&in, c->dtype, x->nv_o, NULL);
+        mask_oracle_attn(&in, &s->msrc, &s->bsrc, c->dtype, x->nv_o, NULL, NULL);
     if (!dense_reference(x))
         return;
     load_result(s, &x->oref.t, &x->lref.t, x->rf_o, x->rf_l);
@@ -1020,9 +1132,9 @@ static void threads_case(const void *arg)
  *   (batch 0 appends into page 0, batch 1 into pages 5 and 3; the -1 is never used). */
 #define MBUF 4096
 struct mfix {
-    float *qb, *kcb, *vcb, *knb, *vnb, *ob, *lb, *mb;
+    float *qb, *kcb, *vcb, *knb, *vnb, *ob, *lb, *mb, *bb;
     int32_t seq[8], bidx[8], bt[16];
-    struct cflash_tensor q, kc, vc, kn, vn, out, lse, seqt, bidxt, btt, mask;
+    struct cflash_tensor q, kc, vc, kn, vn, out, lse, seqt, bidxt, btt, mask, bias;
     const struct cflash_tensor *pq, *pkn, *pvn, *pout, *plse;
     struct cflash_kvcache cache;
     int cache_null;
@@ -1050,6 +1162,7 @@ static void mfix_init(struct mfix *f, int paged)
     f->knb = mbuf_rand(&r);
     f->vnb = mbuf_rand(&r);
     f->mb = mbuf_rand(&r);
+    f->bb = mbuf_rand(&r);
     f->ob = malloc(MBUF * sizeof(float));
     f->lb = malloc(MBUF * sizeof(float));
     memset(f->ob, 0x7f, MBUF * sizeof(float));
@@ -1070,9 +1183,12 @@ static void mfix_init(struct mfix *f, int paged)
     static const int32_t bt[6] = {4, 0, -1, 2, 5, 3};
     memcpy(f->bt, bt, sizeof bt);
     f->btt = tdesc(f->bt, CFLASH_DTYPE_I32, 2, bts);
-    /* a valid dense mask [B, 1, Lq, Lk_max] (u8) for the UNSUPPORTED cases */
+    /* a valid dense mask [B, 1, Lq, Lk_max] (u8) and bias [1, Hq, 1, 9] (f32), not passed
+     * unless a case says so */
     f->mask = tdesc(f->mb, CFLASH_DTYPE_U8, 4, ms);
     memset(f->mb, 1, 2 * 3 * 7);
+    int64_t bsh[4] = {1, 4, 1, 9};
+    f->bias = tdesc(f->bb, CFLASH_DTYPE_F32, 4, bsh);
     if (paged) {
         int64_t ks[4] = {6, 3, 2, 8}, vs[4] = {6, 3, 2, 6};
         f->kc = tdesc(f->kcb, CFLASH_DTYPE_F32, 4, ks);
@@ -1143,6 +1259,7 @@ static void mfix_free(struct mfix *f)
     free(f->ob);
     free(f->lb);
     free(f->mb);
+    free(f->bb);
     for (int i = 0; i < 5; i++)
         free(f->snap[i]);
 }
@@ -1164,7 +1281,6 @@ static void contig4(struct cflash_tensor *t)
 
 /* X(id, paged, expected status, names separated by '|', description) */
 #define INV CFLASH_STATUS_INVALID_ARGUMENT
-#define UNS CFLASH_STATUS_UNSUPPORTED
 #define KV_MISUSE(X)                                                                            \
     X(CAP_CONTIG, 0, INV, "cache_seqlens|k_cache", "contig/capacity:seqlens[1]+Lnew=9>Lmax=8")  \
     X(CAP_CONTIG_NONEW, 0, INV, "cache_seqlens|k_cache", "contig/capacity:seqlens[1]=9>Lmax,no_k_new") \
@@ -1227,9 +1343,21 @@ static void contig4(struct cflash_tensor *t)
     X(LSE_L, 0, INV, "lse", "contig/lse.shape[2]=2!=Lq")                                        \
     X(LSE_DTYPE, 1, INV, "lse", "paged/lse.dtype=f16")                                          \
     X(CACHE_NULL, 0, INV, "cache", "contig/cache=NULL")                                         \
-    X(MASK_CONTIG, 0, UNS, "mask", "contig/mask_given")                                         \
-    X(MASK_PAGED, 1, UNS, "mask", "paged/mask_given")                                           \
-    X(BIAS_PAGED, 1, UNS, "bias", "paged/bias_given")
+    X(MASK_KEY_SIDE, 0, INV, "mask", "contig/mask_layout=KEY_SIDE")                             \
+    X(MASK_QUERY_SIDE, 1, INV, "mask", "paged/mask_layout=QUERY_SIDE")                          \
+    X(BIAS_KEY_SIDE, 1, INV, "bias", "paged/bias_layout=KEY_SIDE")                              \
+    X(BIAS_QUERY_SIDE, 0, INV, "bias", "contig/bias_layout=QUERY_SIDE")                         \
+    X(MASK_LK_SHORT, 0, INV, "mask", "contig/mask.shape[3]=6<longest_total_7")                  \
+    X(MASK_LK_SHORT_PAGED, 1, INV, "mask", "paged/mask.shape[3]=6<longest_total_7")             \
+    X(BIAS_LK_SHORT_NONEW, 0, INV, "bias", "contig/bias.shape[3]=4<longest_total_5,no_k_new")    \
+    X(MASK_B, 0, INV, "mask", "contig/mask.shape[0]=3!=B")                                      \
+    X(MASK_LQ, 1, INV, "mask", "paged/mask.shape[2]=2!=Lq")                                     \
+    X(MASK_LQ_BIG, 0, INV, "mask", "contig/mask.shape[2]=4!=Lq")                                \
+    X(MASK_HV, 0, INV, "mask", "contig/mask.shape[1]=3")                                        \
+    X(MASK_NDIM, 1, INV, "mask", "paged/mask.ndim=3")                                           \
+    X(MASK_DTYPE, 0, INV, "mask", "contig/mask.dtype=f32")                                      \
+    X(BIAS_DTYPE, 1, INV, "bias", "paged/bias.dtype=u8")                                        \
+    X(BIAS_HV, 1, INV, "bias", "paged/bias.shape[1]=3")
 
 enum kv_misuse_id {
 #define X(id, pg, st, names, desc) KM_##id,
@@ -1327,26 +1455,47 @@ static void km_mutate(struct mfix *f, enum kv_misuse_id id)
     case KM_LSE_L: f->lse.shape[2] = 2; break;
     case KM_LSE_DTYPE: f->lse.dtype = CFLASH_DTYPE_F16; break;
     case KM_CACHE_NULL: f->cache_null = 1; break;
-    case KM_MASK_CONTIG: f->p.mask = &f->mask; break;
-    case KM_MASK_PAGED: f->p.mask = &f->mask; break;
-    case KM_BIAS_PAGED: {
-        int64_t bs[4] = {2, 1, 3, 7};
-        f->mask = tdesc(f->mb, CFLASH_DTYPE_F32, 4, bs);
-        f->p.bias = &f->mask;
+    case KM_MASK_KEY_SIDE: {
+        int64_t sh[2] = {12, 1}; /* the logical keys of both entries, packed */
+        f->mask = tdesc(f->mb, CFLASH_DTYPE_U8, 2, sh);
+        f->p.mask = &f->mask;
+        f->p.mask_layout = CFLASH_LAYOUT_KEY_SIDE;
         break;
     }
+    case KM_MASK_QUERY_SIDE: {
+        int64_t sh[3] = {6, 1, 7};
+        f->mask = tdesc(f->mb, CFLASH_DTYPE_U8, 3, sh);
+        f->p.mask = &f->mask;
+        f->p.mask_layout = CFLASH_LAYOUT_QUERY_SIDE;
+        break;
+    }
+    case KM_BIAS_KEY_SIDE:
+    case KM_BIAS_QUERY_SIDE: {
+        const int ks = id == KM_BIAS_KEY_SIDE;
+        int64_t sh2[2] = {12, 4}, sh3[3] = {6, 4, 7};
+        f->bias = tdesc(f->bb, CFLASH_DTYPE_F32, ks ? 2 : 3, ks ? sh2 : sh3);
+        f->p.bias = &f->bias;
+        f->p.bias_layout = ks ? CFLASH_LAYOUT_KEY_SIDE : CFLASH_LAYOUT_QUERY_SIDE;
+        break;
+    }
+    case KM_MASK_LK_SHORT:
+    case KM_MASK_LK_SHORT_PAGED: f->mask.shape[3] = 6; contig4(&f->mask); f->p.mask = &f->mask; break;
+    case KM_BIAS_LK_SHORT_NONEW:
+        f->pkn = f->pvn = NULL; /* totals 3 and 5 */
+        f->bias.shape[3] = 4;
+        contig4(&f->bias);
+        f->p.bias = &f->bias;
+        break;
+    case KM_MASK_B: f->mask.shape[0] = 3; contig4(&f->mask); f->p.mask = &f->mask; break;
+    case KM_MASK_LQ: f->mask.shape[2] = 2; contig4(&f->mask); f->p.mask = &f->mask; break;
+    case KM_MASK_LQ_BIG: f->mask.shape[2] = 4; contig4(&f->mask); f->p.mask = &f->mask; break;
+    case KM_MASK_HV: f->mask.shape[1] = 3; contig4(&f->mask); f->p.mask = &f->mask; break;
+    case KM_MASK_NDIM: f->mask.ndim = 3; f->p.mask = &f->mask; break;
+    case KM_MASK_DTYPE: f->mask.dtype = CFLASH_DTYPE_F32; f->p.mask = &f->mask; break;
+    case KM_BIAS_DTYPE: f->bias.dtype = CFLASH_DTYPE_U8; f->p.bias = &f->bias; break;
+    case KM_BIAS_HV: f->bias.shape[1] = 3; contig4(&f->bias); f->p.bias = &f->bias; break;
     case N_KV_MISUSE: break;
     }
-}
-
-static int names_any(const char *msg, const char *names)
-{
-    char buf[128];
-    snprintf(buf, sizeof buf, "%s", names);
-    for (char *save = NULL, *tok = strtok_r(buf, "|", &save); tok; tok = strtok_r(NULL, "|", &save))
-        if (msg_names(msg, tok))
-            return 1;
-    return 0;
 }
 
 static void misuse_case(const void *arg)
@@ -1365,7 +1514,7 @@ static void misuse_case(const void *arg)
           cflash_status_string(km_info[id].st), msg);
     CHECK(!changed[0], "%s was written by a call that failed (message \"%s\")", changed, msg);
     CHECK(msg[0], "cflash_last_error() is empty");
-    CHECK(names_any(msg, km_info[id].names), "message \"%s\" does not name %s", msg,
+    CHECK(msg_names_any(msg, km_info[id].names), "message \"%s\" does not name %s", msg,
           km_info[id].names);
 }
 
@@ -1397,7 +1546,19 @@ static void misuse_baseline_case(const void *arg)
     }
     char msg2[512];
     snprintf(msg2, sizeof msg2, "%s", cflash_last_error());
+    /* the DENSE mask [2,1,3,7] and bias [1,4,1,9] (longer than the longest total) are valid */
+    struct mfix g;
+    mfix_init(&g, paged);
+    g.p.mask = &g.mask;
+    g.p.bias = &g.bias;
+    enum cflash_status st3 = mfix_call(&g);
+    char msg3[512];
+    snprintf(msg3, sizeof msg3, "%s", cflash_last_error());
+    int g_written = ((const unsigned char *)g.ob)[0] != 0x7f;
+    mfix_free(&g);
     mfix_free(&f);
+    CHECK(st3 == CFLASH_STATUS_OK && g_written, "a valid DENSE mask and bias: %s (%s)",
+          cflash_status_string(st3), msg3);
     CHECK(st == CFLASH_STATUS_OK, "valid baseline call returned %s (%s)", cflash_status_string(st), msg);
     CHECK(kc_changed, "valid baseline call appended nothing to k_cache");
     CHECK(changed[0], "valid baseline call wrote nothing");
@@ -1638,6 +1799,94 @@ static void register_kernel(enum cflash_kernel k)
             c.causal = 1;
             addc(c);
         }
+    /* DENSE masks and biases over the logical keys: contiguous, cache_batch_idx, paged (page
+     * sizes 1, 3, 16) with append */
+    for (int di = 0; di < 3; di++)
+        for (int v = 0; v < 6; v++) {
+            c = kdef(k, dtypes[di]);
+            c.seed = 0x6d6b00 + (uint64_t)(di * 8 + v);
+            c.causal = v % 2;
+            c.Lq = v == 3 ? 1 : 5;
+            c.Lnew = v == 4 ? 0 : 3;
+            c.page = v == 0 ? 0 : v == 1 ? 0 : v == 2 ? 1 : v == 3 ? 3 : 16;
+            if (v == 5)
+                c.page = 3;
+            c.bidx = v == 1 ? BIDX_SUBSET : BIDX_NONE;
+            c.m.on = v != 5;
+            c.m.hv = (v + di) % 3;
+            c.m.storage = v % 3;
+            c.m.b1 = v == 1;
+            c.m.q1 = v == 2;
+            c.m.grow = v == 0 ? 6 : 0;
+            c.m.emptyrows = v == 3 || v == 4;
+            c.bi.on = v != 0;
+            c.bi.hv = (v + 2 * di + 1) % 3;
+            c.bi.storage = (v + 1) % 3;
+            c.bi.dtype = dtypes[(di + v) % 3];
+            c.bi.k1 = v == 2;
+            c.bi.b1 = v == 4;
+            c.bi.grow = v == 3 ? 2 : 0;
+            c.sinks = v == 3;
+            c.softcap = v == 4 ? 6.0f : 0.0f;
+            addc(c);
+        }
+    /* everything at once: GQA, window, ALiBi, sinks, strided caches, out f32 */
+    c = kdef(k, CFLASH_DTYPE_BF16);
+    c.seed = 0x6d6b77;
+    c.Hq = 8;
+    c.Hk = 2;
+    c.page = 3;
+    c.share = 1;
+    c.Lq = 4;
+    c.Lnew = 4;
+    c.causal = 1;
+    c.wl = 6;
+    c.alibi = 2;
+    c.sinks = 1;
+    c.strided = 1;
+    c.out_f32 = 1;
+    c.m.on = 1;
+    c.m.hv = 1;
+    c.m.emptyrows = 1;
+    c.m.storage = 2;
+    c.bi.on = 1;
+    c.bi.hv = 2;
+    c.bi.dtype = CFLASH_DTYPE_F16;
+    c.bi.storage = 1;
+    addc(c);
+    /* MLA (V := K[..., :Dv]) with a mask */
+    c = kdef(k, CFLASH_DTYPE_F32);
+    c.seed = 0x6d6b78;
+    c.Hq = 4;
+    c.Hk = 1;
+    c.D = 64;
+    c.Dv = 32;
+    c.vmode = VM_VIEW;
+    c.page = 16;
+    c.causal = 1;
+    c.m.on = 1;
+    c.m.hv = 2;
+    addc(c);
+    /* split-KV decode (long caches) with a mask and a bias */
+    c = kdef(k, CFLASH_DTYPE_F32);
+    c.seed = 0x6d6b79;
+    c.B = 2;
+    c.Hq = 4;
+    c.Hk = 1;
+    c.D = c.Dv = 16;
+    c.seq[0] = 9000;
+    c.seq[1] = 4100;
+    c.Lnew = 1;
+    c.Lq = 1;
+    c.page = 64;
+    c.sinks = 1;
+    c.m.on = 1;
+    c.m.hv = 1;
+    c.bi.on = 1;
+    c.bi.hv = 2;
+    c.bi.b1 = 1;
+    c.bi.dtype = CFLASH_DTYPE_BF16;
+    addc(c);
     /* a seeded random sweep over all axes */
     struct rng r = {0x4b56434143484555ull ^ (uint64_t)k};
     for (int n = 0; n < 12; n++) {
@@ -1706,6 +1955,13 @@ static void register_kernel(enum cflash_kernel k)
     c.causal = 1;
     c.wl = 40;
     c.sinks = 1;
+    add("kvcache/threads", c, threads_case);
+    c.m.on = 1;
+    c.m.hv = 2;
+    c.m.emptyrows = 1;
+    c.bi.on = 1;
+    c.bi.q1 = 1;
+    c.bi.dtype = CFLASH_DTYPE_F16;
     add("kvcache/threads", c, threads_case);
     c = kdef(k, CFLASH_DTYPE_F32);
     c.B = 2;

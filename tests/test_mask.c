@@ -19,7 +19,9 @@
  *                     (gaps between strides, columns j >= Lk_b, rows/cols past the longest
  *                     sequence) hold garbage: 0 (= masked) in masks, NaN in biases.
  *   mask/misuse/...   exact INVALID_ARGUMENT naming `mask` / `bias`, outputs untouched;
- *                     cflash_attn_range with a mask or bias: UNSUPPORTED, nothing written.
+ *                     mask/misuse/range/...: cflash_attn_range with masks / biases on the
+ *                     plan's global axes, valid shapes OK and wrong ones per layout rejected
+ *                     (results against the oracle: range/mask/... in test_range.c).
  *   mask/threads/...  1, 2 and 3 threads give identical bytes with a mask and a bias.
  */
 #include "attn_common.h"
@@ -1585,10 +1587,19 @@ static void misuse_case(const void *arg)
     mfix_free(&f);
 }
 
-/* cflash_attn_range with a mask or a bias: UNSUPPORTED (not implemented yet), message names
- * it, nothing written. Without them the same call is OK. */
+/* cflash_attn_range with a mask / bias on the plan's global axes (cflash.h): DENSE
+ * [1, Hv, Tq|1, Tk|1], KEY_SIDE [Tk, Hv], QUERY_SIDE [Tq, Hv, >= Tk]. The varlen fixture's
+ * q [8,4,8], k [10,2,8], v [10,2,6] under a one-slice plan Tq = 8, Tk = 10; Hv = 2. Valid
+ * shapes are OK (out written); each broken one is INVALID_ARGUMENT naming `mask` / `bias`,
+ * nothing written. The other of mask / bias is valid (a key-side mask [10, 1] or a query-side
+ * bias [8, 4, 10]), so the message must name the broken one. */
+enum { RM_OK, RM_OK_BCAST, RM_OK_GROW, RM_AXIS, RM_HV, RM_NDIM, RM_DTYPE, RM_LAYOUT };
 struct range_arg {
-    int which; /* 0 none (OK), 1 mask, 2 bias, 3 both */
+    int target; /* 0 mask, 1 bias */
+    int layout;
+    int mut;    /* RM_* */
+    int ax;
+    int64_t val;
 };
 static void range_case(const void *arg)
 {
@@ -1601,26 +1612,62 @@ static void range_case(const void *arg)
     struct cflash_tensor qrt = tdesc(qr, CFLASH_DTYPE_I32, 2, rs), krt = tdesc(kr, CFLASH_DTYPE_I32, 2, rs);
     cflash_range_plan_t plan = NULL;
     CHECK_STATUS(cflash_range_plan_create(&plan, &qrt, &krt, NULL, 8, 10, NULL), CFLASH_STATUS_OK);
+    int64_t sh[4];
+    int nd;
+    if (a->layout == CFLASH_LAYOUT_DENSE) {
+        nd = 4;
+        sh[0] = 1;
+        sh[1] = 2;
+        sh[2] = a->mut == RM_OK_BCAST ? 1 : 8;
+        sh[3] = a->mut == RM_OK_BCAST ? 1 : 10;
+    } else if (a->layout == CFLASH_LAYOUT_KEY_SIDE) {
+        nd = 2;
+        sh[0] = 10;
+        sh[1] = 2;
+    } else {
+        nd = 3;
+        sh[0] = 8;
+        sh[1] = 2;
+        sh[2] = a->mut == RM_OK_GROW ? 13 : 10;
+    }
+    enum cflash_dtype dt = a->target ? CFLASH_DTYPE_BF16 : CFLASH_DTYPE_U8;
+    enum cflash_layout lay = (enum cflash_layout)a->layout;
+    switch (a->mut) {
+    case RM_AXIS: sh[a->ax] = a->val; break;
+    case RM_HV: sh[1] = a->val; break;
+    case RM_NDIM:
+        nd = (int)a->val;
+        for (int i = 0; i < nd; i++)
+            if (i >= (a->layout == CFLASH_LAYOUT_DENSE ? 4 : a->layout == CFLASH_LAYOUT_KEY_SIDE ? 2 : 3))
+                sh[i] = 1;
+        break;
+    case RM_DTYPE: dt = a->target ? CFLASH_DTYPE_U8 : CFLASH_DTYPE_F32; break;
+    case RM_LAYOUT: lay = (enum cflash_layout)a->val; break;
+    default: break;
+    }
+    struct cflash_tensor t = tens(a->target ? (void *)f.biasb : (void *)f.maskb, dt, nd, sh);
+    int64_t oms[2] = {10, 1}, obs[3] = {8, 4, 10};
+    struct cflash_tensor om = tens(f.mask2b, CFLASH_DTYPE_U8, 2, oms),
+                         ob = tens(f.bias2b, CFLASH_DTYPE_F32, 3, obs);
     struct cflash_attn_params p = cflash_attn_params_default();
-    if (a->which & 1) {
-        p.mask = &f.mask;
-        p.mask_layout = CFLASH_LAYOUT_KEY_SIDE;
-    }
-    if (a->which & 2) {
-        p.bias = &f.obias;
-        p.bias_layout = CFLASH_LAYOUT_QUERY_SIDE;
-    }
-    enum cflash_status want = a->which ? CFLASH_STATUS_UNSUPPORTED : CFLASH_STATUS_OK;
+    p.mask = a->target ? &om : &t;
+    p.mask_layout = a->target ? CFLASH_LAYOUT_KEY_SIDE : lay;
+    p.bias = a->target ? &t : &ob;
+    p.bias_layout = a->target ? lay : CFLASH_LAYOUT_QUERY_SIDE;
+    const int ok = a->mut == RM_OK || a->mut == RM_OK_BCAST || a->mut == RM_OK_GROW;
+    enum cflash_status want = ok ? CFLASH_STATUS_OK : CFLASH_STATUS_INVALID_ARGUMENT;
     enum cflash_status st = cflash_attn_range(&f.q, &f.k, &f.v, plan, &f.out, &f.lse, &p);
     const char *err = cflash_last_error();
-    const char *name = a->which & 1 ? "mask" : "bias";
+    const char *name = a->target ? "bias" : "mask";
     if (st != want)
         tfail(__FILE__, __LINE__, "cflash_attn_range returned %s, want %s (\"%s\")",
               cflash_status_string(st), cflash_status_string(want), err);
-    else if (a->which && !msg_names(err, name))
+    else if (!ok && !msg_names(err, name))
         tfail(__FILE__, __LINE__, "message \"%s\" does not name `%s`", err, name);
-    else if (a->which && (!mbuf_clean(f.ob) || !mbuf_clean(f.lb)))
-        tfail(__FILE__, __LINE__, "out / lse were written although the call was UNSUPPORTED");
+    else if (!ok && (!mbuf_clean(f.ob) || !mbuf_clean(f.lb)))
+        tfail(__FILE__, __LINE__, "out / lse were written although the call failed");
+    else if (ok && (mbuf_clean(f.ob) || mbuf_clean(f.lb)))
+        tfail(__FILE__, __LINE__, "OK but out / lse were not written");
     cflash_range_plan_destroy(plan);
     mfix_free(&f);
 }
@@ -1670,6 +1717,67 @@ static void threads_case(const void *arg)
     tbuf_free(&l);
     mctx_free(x);
     free(x);
+    CHECK(!msg[0], "%s", msg);
+}
+
+
+/* Regression: with a top-left window (0, -1) over Lq = 16, Lk = 5 keys, rows 5..15 see
+ * nothing; the pass for a bias broadcast over the queries ([1, 1, 1, Lk]: one value per key)
+ * must not read tile columns that were never filled. A first call over 32000 keys leaves large
+ * key indices in the kernel's tile-column array, so such a read is an out-of-bounds bias read
+ * (AddressSanitizer) or a wrong result. */
+static void regress_case(const void *arg)
+{
+    const enum cflash_kernel k = *(const enum cflash_kernel *)arg;
+    if (!require_kernel(k))
+        return;
+    const int D = 16, T1 = 32000;
+    struct rng r = {0x5eedull};
+    int64_t qs[4] = {1, 16, 1, D}, k1s[4] = {1, T1, 1, D}, k2s[4] = {1, 5, 1, D},
+            bs[4] = {1, 1, 1, 5}, ls[3] = {1, 1, 16};
+    struct tbuf q, k1, k2, o, oref, l, lref, bias;
+    tbuf_make(&q, CFLASH_DTYPE_F32, 4, qs, NULL, 0, -1);
+    tbuf_make(&k1, CFLASH_DTYPE_F32, 4, k1s, NULL, 0, -1);
+    tbuf_make(&k2, CFLASH_DTYPE_F32, 4, k2s, NULL, 0, -1);
+    tbuf_make(&o, CFLASH_DTYPE_F32, 4, qs, NULL, 0, -1);
+    tbuf_make(&oref, CFLASH_DTYPE_F32, 4, qs, NULL, 0, -1);
+    tbuf_make(&l, CFLASH_DTYPE_F32, 3, ls, NULL, 0, -1);
+    tbuf_make(&lref, CFLASH_DTYPE_F32, 3, ls, NULL, 0, -1);
+    tbuf_make(&bias, CFLASH_DTYPE_F32, 4, bs, NULL, 0, -1);
+    tfill_randn(&q.t, &r, 0, 1);
+    tfill_randn(&k2.t, &r, 0, 1);
+    tfill_randn(&bias.t, &r, 0, 1);
+    char msg[256] = "";
+    struct cflash_attn_params prm = cflash_attn_params_default();
+    prm.kernel = k;
+    prm.num_threads = 1;
+    enum cflash_status st = cflash_attn_dense(&q.t, &k1.t, NULL, &o.t, NULL, &prm);
+    prm.align = CFLASH_ALIGN_TOP_LEFT;
+    prm.window_left = 0;
+    prm.bias = &bias.t;
+    if (st == CFLASH_STATUS_OK)
+        st = cflash_attn_dense(&q.t, &k2.t, NULL, &o.t, &l.t, &prm);
+    prm.kernel = CFLASH_KERNEL_REFERENCE;
+    if (st == CFLASH_STATUS_OK)
+        st = cflash_attn_dense(&q.t, &k2.t, NULL, &oref.t, &lref.t, &prm);
+    if (st != CFLASH_STATUS_OK)
+        snprintf(msg, sizeof msg, "status %s (%s)", cflash_status_string(st), cflash_last_error());
+    for (int64_t t = 0; t < 16 && !msg[0]; t++) {
+        int64_t li[3] = {0, 0, t};
+        const double lv = tget(&l.t, li), lr = tget(&lref.t, li);
+        if (t >= 5 ? lv != -INFINITY : !(fabs(lv - lr) <= 1e-4 + 1e-6 * fabs(lr)))
+            snprintf(msg, sizeof msg, "row %lld: lse %.9g, reference %.9g", (long long)t, lv, lr);
+        for (int64_t d = 0; d < D && !msg[0]; d++) {
+            int64_t oi[4] = {0, t, 0, d};
+            const double ov = tget(&o.t, oi), orf = tget(&oref.t, oi);
+            if (!(fabs(ov - orf) <= 1e-5))
+                snprintf(msg, sizeof msg, "out[0,%lld,0,%lld] = %.7g, reference %.7g", (long long)t,
+                         (long long)d, ov, orf);
+        }
+    }
+    struct tbuf *all[8] = {&q, &k1, &k2, &o, &oref, &l, &lref, &bias};
+    for (int i = 0; i < 8; i++)
+        tbuf_free(all[i]);
     CHECK(!msg[0], "%s", msg);
 }
 
@@ -2066,6 +2174,10 @@ void register_mask_tests(void)
             add_mcase("mask/sweep/split_kv", &c);
         }
 
+        snprintf(name, sizeof name, "mask/regress/window_rows_past_the_tile/query_bcast_bias/%s",
+                 kname(k));
+        tcase_add(name, regress_case, &all_kernels[ki], sizeof all_kernels[ki]);
+
         /* random */
         for (int i = 0; i < N_RANDOM; i++) {
             struct mcfg c = random_cfg(k, 0x3000 + (uint64_t)i);
@@ -2190,11 +2302,37 @@ void register_mask_tests(void)
 #undef MADD
             }
         }
-    for (int w = 0; w < 4; w++) {
-        static const char *const rn[4] = {"baseline_ok", "mask_unsupported", "bias_unsupported",
-                                          "mask+bias_unsupported"};
-        struct range_arg a = {w};
-        snprintf(name, sizeof name, "mask/misuse/range/%s", rn[w]);
-        tcase_add(name, range_case, &a, sizeof a);
-    }
+    for (int target = 0; target < 2; target++)
+        for (int lay = 0; lay < 3; lay++) {
+            const char *tn = target ? "bias" : "mask", *ln = layout_names[lay];
+#define RADD(mut_, ax_, val_, desc_)                                                        \
+    do {                                                                                    \
+        struct range_arg a_ = {target, lay, (mut_), (ax_), (val_)};                         \
+        snprintf(name, sizeof name, "mask/misuse/range/%s/%s/%s", tn, ln, (desc_));          \
+        tcase_add(name, range_case, &a_, sizeof a_);                                        \
+    } while (0)
+            RADD(RM_OK, 0, 0, "ok");
+            RADD(RM_HV, 0, 3, "Hv=3");
+            RADD(RM_HV, 0, 0, "Hv=0");
+            RADD(RM_NDIM, 0, lay == 0 ? 3 : 4, lay == 0 ? "ndim=3" : "ndim=4");
+            RADD(RM_DTYPE, 0, 0, target ? "dtype=u8" : "dtype=f32");
+            RADD(RM_LAYOUT, 0, 7, "layout=7");
+            if (lay == CFLASH_LAYOUT_DENSE) {
+                RADD(RM_OK_BCAST, 0, 0, "ok_[1,Hv,1,1]");
+                RADD(RM_AXIS, 0, 2, "shape[0]=2");
+                RADD(RM_AXIS, 2, 7, "shape[2]=Tq-1");
+                RADD(RM_AXIS, 3, 9, "shape[3]=Tk-1");
+                RADD(RM_AXIS, 3, 0, "shape[3]=0");
+            } else if (lay == CFLASH_LAYOUT_KEY_SIDE) {
+                RADD(RM_AXIS, 0, 9, "shape[0]=Tk-1");
+                RADD(RM_AXIS, 0, 11, "shape[0]=Tk+1");
+                RADD(RM_AXIS, 0, 8, "shape[0]=Tq");
+            } else {
+                RADD(RM_OK_GROW, 0, 0, "ok_shape[2]=Tk+3");
+                RADD(RM_AXIS, 0, 7, "shape[0]=Tq-1");
+                RADD(RM_AXIS, 0, 10, "shape[0]=Tk");
+                RADD(RM_AXIS, 2, 9, "shape[2]=Tk-1");
+            }
+#undef RADD
+        }
 }

@@ -556,16 +556,6 @@ static void mutate(struct fix *f, enum misuse_id id)
     }
 }
 
-static int names_any(const char *msg, const char *names)
-{
-    char buf[128];
-    snprintf(buf, sizeof buf, "%s", names);
-    for (char *save = NULL, *tok = strtok_r(buf, "|", &save); tok; tok = strtok_r(NULL, "|", &save))
-        if (msg_names(msg, tok))
-            return 1;
-    return 0;
-}
-
 static void misuse_case(const void *arg)
 {
     enum misuse_id id = *(const enum misuse_id *)arg;
@@ -584,7 +574,7 @@ static void misuse_case(const void *arg)
     CHECK(out_clean, "out buffer was written (message \"%s\")", msg);
     CHECK(lse_clean, "lse buffer was written (message \"%s\")", msg);
     CHECK(le && le[0], "cflash_last_error() is empty");
-    CHECK(names_any(msg, misuse_info[id].names), "message \"%s\" does not name %s", msg,
+    CHECK(msg_names_any(msg, misuse_info[id].names), "message \"%s\" does not name %s", msg,
           misuse_info[id].names);
 }
 

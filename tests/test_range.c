@@ -15,8 +15,14 @@
  * Identity-value cases (v = identity, Dv = Tk: out rows are the probability rows) also compare
  * the visible set (entries > 0; all others exactly 0) with sets hard-coded from SPEC 4.
  *
+ * Masks and biases (params.mask / params.bias, SPEC 5 on the plan's global axes: DENSE
+ * [1, Hv, Tq|1, Tk|1], KEY_SIDE [Tk, Hv], QUERY_SIDE [Tq, Hv, >= Tk], column = global key index):
+ * range/mask/... cases add them to plans of all four slice types; the oracle (range_oracle.c)
+ * keeps a cell iff the plan covers it and the mask is nonzero, and adds the bias after the
+ * softcap. Unread storage holds garbage (0 = masked in masks, NaN in biases).
+ *
  * Groups (all under range/): worked, mtp, cumulative, docs, random, overlap, empty, misuse,
- * scale, threads, reuse, edge.
+ * scale, threads, reuse, edge, mask.
  */
 #include "attn_common.h" /* oracle_in_free, LSE_* */
 
@@ -28,6 +34,21 @@
 static const enum cflash_dtype dtypes[3] = {CFLASH_DTYPE_F32, CFLASH_DTYPE_F16, CFLASH_DTYPE_BF16};
 
 enum { LAY_CONTIG = 0, LAY_PADDED = 1, LAY_HEADMAJOR = 2, LAY_NEG = 3 };
+
+/* a mask or bias over the plan's global axes */
+enum { RST_CONTIG, RST_TRANSPOSED, RST_PADDED, RST_NEGKEY, RST_COUNT };
+enum { RF_KEEP70, RF_EMPTYROWS, RF_KEEPALL, RF_COUNT };
+struct rsrc {
+    int on;
+    int layout;    /* enum cflash_layout */
+    int hv;        /* 0: 1, 1: Hk, 2: Hq */
+    int storage;   /* RST_* */
+    int fill;      /* masks: RF_* */
+    int q1, k1;    /* DENSE: size-1 (broadcast) query / key axes */
+    int grow;      /* QUERY_SIDE: the last axis this much longer than Tk */
+    enum cflash_dtype dtype; /* biases */
+    float sd;      /* biases: standard deviation (0: 1) */
+};
 
 /* one attention configuration over a plan */
 struct rcfg {
@@ -43,6 +64,7 @@ struct rcfg {
     int threads;
     int range_layout; /* 0: contiguous range tensors; 1: transposed / padded / strided */
     int null_types;   /* pass attn_type_map = NULL (the plan must be all FULL) */
+    struct rsrc m, bi; /* mask / bias */
     uint64_t seed;
 };
 
@@ -109,12 +131,88 @@ struct rctx {
     const struct rcells *cells;
     const char *expect; /* NULL or [Tq][Tk] of '0'/'1' */
     int64_t Tq, Tk, Dv;
-    struct tbuf q, k, v, alibi, sinks, oref, lref, out, lse;
+    struct tbuf q, k, v, alibi, sinks, oref, lref, out, lse, mask, bias;
+    struct mask_src msrc, bsrc;
+    unsigned char *mask0, *bias0; /* their bytes before the calls */
     const struct cflash_tensor *vp;
     struct cflash_attn_params params;
     struct oracle_in in;
     double *on, *ol;
+    int64_t *nvis; /* [Tq][Hq] with a mask or bias (else NULL: row_cells) */
 };
+
+static const char *const rst_names[RST_COUNT] = {"contig", "transposed", "padded", "negkey"};
+static const char *const rf_names[RF_COUNT] = {"keep70", "emptyrows", "keepall"};
+static const char *const rlay_names[3] = {"dense", "key", "query"};
+static const char *const rhv_names[3] = {"1", "Hk", "Hq"};
+
+/* Builds a mask / bias over the plan's axes: every element a cell can read gets a value; the
+ * rest of the allocation (and QUERY_SIDE columns >= Tk) keeps garbage: 0 (= masked) in masks,
+ * 0xff bytes (NaN) in biases. */
+static void build_rsrc(struct tbuf *tb, struct mask_src *ms, const struct rsrc *sp, int is_mask,
+                       int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hk, struct rng *r)
+{
+    const int64_t Hv = sp->hv == 0 ? 1 : sp->hv == 1 ? Hk : Hq;
+    int64_t sh[4];
+    int nd, kax;
+    if (sp->layout == CFLASH_LAYOUT_KEY_SIDE) {
+        nd = 2;
+        sh[0] = Tk;
+        sh[1] = Hv;
+        kax = 0;
+    } else if (sp->layout == CFLASH_LAYOUT_QUERY_SIDE) {
+        nd = 3;
+        sh[0] = Tq;
+        sh[1] = Hv;
+        sh[2] = Tk + sp->grow;
+        kax = 2;
+    } else {
+        nd = 4;
+        sh[0] = 1;
+        sh[1] = Hv;
+        sh[2] = sp->q1 ? 1 : Tq;
+        sh[3] = sp->k1 ? 1 : Tk;
+        kax = 3;
+    }
+    int order[4] = {0, 1, 2, 3};
+    if (sp->storage == RST_TRANSPOSED)
+        for (int i = 0; i < nd; i++)
+            order[i] = nd - 1 - i;
+    tbuf_make(tb, is_mask ? CFLASH_DTYPE_U8 : sp->dtype, nd, sh, order,
+              sp->storage == RST_PADDED ? 3 : 0, sp->storage == RST_NEGKEY ? kax : -1);
+    tbuf_poison(tb, is_mask ? 0x00 : 0xff);
+    ms->t = &tb->t;
+    ms->layout = sp->layout;
+    const int64_t n = tnumel(&tb->t);
+    const double sd = sp->sd != 0 ? sp->sd : 1.0;
+    for (int64_t lin = 0; lin < n; lin++) {
+        int64_t idx[4], rest = lin;
+        for (int a = nd - 1; a >= 0; a--) {
+            idx[a] = rest % sh[a];
+            rest /= sh[a];
+        }
+        if (sp->layout == CFLASH_LAYOUT_QUERY_SIDE && idx[2] >= Tk)
+            continue; /* never read */
+        double v;
+        if (is_mask) {
+            /* the row (dense / query-side) or the key (key-side) and the variant */
+            const int64_t row = sp->layout == CFLASH_LAYOUT_KEY_SIDE ? idx[0]
+                                : sp->layout == CFLASH_LAYOUT_QUERY_SIDE ? idx[0] : idx[2];
+            int keep = sp->fill == RF_KEEPALL || rng_uniform(r) < 0.7;
+            if (sp->fill == RF_EMPTYROWS) {
+                if (sp->layout == CFLASH_LAYOUT_KEY_SIDE)
+                    keep = keep && idx[1] % 2 == 0; /* odd variants see no key at all */
+                else
+                    keep = keep && (row * 3 + idx[1]) % 5 != 0; /* fully masked rows */
+            }
+            v = keep ? (double)(1 + rng_int(r, 255)) : 0.0; /* any nonzero byte keeps */
+        } else {
+            v = sd * rng_normal(r);
+        }
+        tset(&tb->t, idx, v);
+    }
+}
+
 
 static void make_input(struct tbuf *b, enum cflash_dtype dt, const int64_t *shape, int layout)
 {
@@ -171,6 +269,22 @@ static void rctx_setup(struct rctx *x, const struct rcfg *c, const struct rplan 
         tfill_randn(&x->sinks.t, &r, 1, 1);
         x->params.sinks = &x->sinks.t;
     }
+    if (c->m.on) {
+        build_rsrc(&x->mask, &x->msrc, &c->m, 1, x->Tq, x->Tk, c->Hq, c->Hk, &r);
+        x->params.mask = &x->mask.t;
+        x->params.mask_layout = (enum cflash_layout)c->m.layout;
+        x->mask0 = malloc(x->mask.bytes + 1);
+        if (x->mask.bytes)
+            memcpy(x->mask0, x->mask.base, x->mask.bytes);
+    }
+    if (c->bi.on) {
+        build_rsrc(&x->bias, &x->bsrc, &c->bi, 0, x->Tq, x->Tk, c->Hq, c->Hk, &r);
+        x->params.bias = &x->bias.t;
+        x->params.bias_layout = (enum cflash_layout)c->bi.layout;
+        x->bias0 = malloc(x->bias.bytes + 1);
+        if (x->bias.bytes)
+            memcpy(x->bias0, x->bias.base, x->bias.bytes);
+    }
 }
 
 static void rctx_free(struct rctx *x)
@@ -184,10 +298,32 @@ static void rctx_free(struct rctx *x)
     tbuf_free(&x->lref);
     tbuf_free(&x->out);
     tbuf_free(&x->lse);
+    tbuf_free(&x->mask);
+    tbuf_free(&x->bias);
+    free(x->mask0);
+    free(x->bias0);
+    free(x->nvis);
     if (x->in.q)
         oracle_in_free(&x->in);
     free(x->on);
     free(x->ol);
+}
+
+/* visible keys of (row t, head h): the plan's cells, less the masked ones */
+static int64_t row_visible(const struct rctx *x, int64_t t, int64_t h)
+{
+    return x->nvis ? x->nvis[t * x->c.Hq + h] : x->cells->row_start[t + 1] - x->cells->row_start[t];
+}
+
+/* the mask keeps cell (t, col) for head h (no mask: 1) */
+static int cell_kept(const struct rctx *x, int64_t t, int64_t h, int64_t col)
+{
+    if (!x->c.m.on)
+        return 1;
+    const int64_t qoff[2] = {0, x->Tq}, koff[2] = {0, x->Tk};
+    int64_t idx[CFLASH_MAX_DIMS];
+    mask_elem_index(&x->msrc, x->c.Hq, qoff, koff, 0, h, t, col, idx);
+    return tget(x->msrc.t, idx) != 0;
 }
 
 static void make_out(const struct rctx *x, struct tbuf *out, enum cflash_dtype dt, int padded)
@@ -224,18 +360,13 @@ static double lat(const struct cflash_tensor *lse, int64_t t, int64_t h)
     return tget(lse, idx);
 }
 
-static int64_t row_cells(const struct rctx *x, int64_t t)
-{
-    return x->cells->row_start[t + 1] - x->cells->row_start[t];
-}
-
 /* empty rows exact, others finite */
 static int check_rows(struct rctx *x, const struct cflash_tensor *out,
                       const struct cflash_tensor *lse, const char *who)
 {
     for (int64_t t = 0; t < x->Tq; t++) {
-        const int64_t nvis = row_cells(x, t);
         for (int64_t h = 0; h < x->c.Hq; h++) {
+            const int64_t nvis = row_visible(x, t, h);
             for (int64_t d = 0; d < x->Dv; d++) {
                 double o = oat(out, t, h, d);
                 CHECK0(isfinite(o), "%s: out[t=%lld,h=%lld,d=%lld] = %g is not finite", who,
@@ -276,7 +407,7 @@ static int check_identity(struct rctx *x, const struct cflash_tensor *out, const
         for (int64_t h = 0; h < x->c.Hq; h++)
             for (int64_t j = 0; j < x->Tk; j++) {
                 double o = oat(out, t, h, j);
-                const int v = vis[j], ok = v ? o > 0 : o == 0;
+                const int v = vis[j] && cell_kept(x, t, h, j), ok = v ? o > 0 : o == 0;
                 if (!ok) {
                     free(vis);
                     CHECK0(0, "%s: row %lld head %lld key %lld: probability %g, but the key is %s",
@@ -338,7 +469,7 @@ static int compare_to_ref(struct rctx *x, const struct cflash_tensor *out,
         CHECK0(maxabs <= 1e-4,
                "%s: max abs error %.3g at t=%lld,h=%lld,d=%lld (got %.7g, ref %.7g; row has %lld visible keys)",
                who, maxabs, (long long)wt, (long long)wh, (long long)wd, oat(out, wt, wh, wd),
-               oat(&x->oref.t, wt, wh, wd), (long long)row_cells(x, wt));
+               oat(&x->oref.t, wt, wh, wd), (long long)row_visible(x, wt, wh));
     }
     return 1;
 }
@@ -349,19 +480,6 @@ static int check_with_plan(struct rctx *x, cflash_range_plan_t plan)
     const struct rcfg *c = &x->c;
     const int half = c->dtype != CFLASH_DTYPE_F32;
     const int64_t nout = x->Tq * c->Hq * x->Dv, nl = x->Tq * c->Hq;
-
-    /* the reference call: fp32 out, contiguous */
-    make_out(x, &x->oref, CFLASH_DTYPE_F32, 0);
-    make_lse(x, &x->lref, 0);
-    tbuf_poison(&x->oref, POISON);
-    tbuf_poison(&x->lref, POISON);
-    enum cflash_status st = rcall(x, plan, CFLASH_KERNEL_REFERENCE, 0, &x->oref.t, &x->lref.t);
-    CHECK0(st == CFLASH_STATUS_OK, "reference call: %s (%s)", cflash_status_string(st),
-           cflash_last_error());
-    if (!check_rows(x, &x->oref.t, &x->lref.t, "ref(f32 out)"))
-        return 0;
-    if (c->identity && !check_identity(x, &x->oref.t, "ref(f32 out)"))
-        return 0;
 
     x->in.B = 1;
     x->in.Hq = c->Hq;
@@ -381,9 +499,27 @@ static int check_with_plan(struct rctx *x, cflash_range_plan_t plan)
     x->on = malloc((size_t)(nout > 0 ? nout : 1) * sizeof *x->on);
     x->ol = malloc((size_t)(nl > 0 ? nl : 1) * sizeof *x->ol);
 
+    /* the exact oracle first: with a mask its visible counts decide the empty rows */
+    x->nvis = (c->m.on || c->bi.on) ? malloc((size_t)(nl > 0 ? nl : 1) * sizeof *x->nvis) : NULL;
+    if (x->nvis || c->kernel == CFLASH_KERNEL_REFERENCE)
+        range_oracle_attn(&x->in, x->p, x->cells, &x->msrc, &x->bsrc, CFLASH_DTYPE_F32, x->on,
+                          x->ol, x->nvis);
+
+    /* the reference call: fp32 out, contiguous */
+    make_out(x, &x->oref, CFLASH_DTYPE_F32, 0);
+    make_lse(x, &x->lref, 0);
+    tbuf_poison(&x->oref, POISON);
+    tbuf_poison(&x->lref, POISON);
+    enum cflash_status st = rcall(x, plan, CFLASH_KERNEL_REFERENCE, 0, &x->oref.t, &x->lref.t);
+    CHECK0(st == CFLASH_STATUS_OK, "reference call: %s (%s)", cflash_status_string(st),
+           cflash_last_error());
+    if (!check_rows(x, &x->oref.t, &x->lref.t, "ref(f32 out)"))
+        return 0;
+    if (c->identity && !check_identity(x, &x->oref.t, "ref(f32 out)"))
+        return 0;
+
     if (c->kernel == CFLASH_KERNEL_REFERENCE) {
-        /* the reference kernel against the tests' own fp64 oracle of SPEC 4 */
-        range_oracle_attn(&x->in, x->p, x->cells, CFLASH_DTYPE_F32, x->on, x->ol);
+        /* the reference kernel against the tests' own fp64 oracle of SPEC 4 (computed above) */
         double num = 0, den = 0;
         for (int64_t t = 0; t < x->Tq; t++)
             for (int64_t h = 0; h < c->Hq; h++) {
@@ -393,7 +529,7 @@ static int check_with_plan(struct rctx *x, cflash_range_plan_t plan)
                     den += o * o;
                     CHECK0(fabs(r - o) <= 1e-5,
                            "ref out[t=%lld,h=%lld,d=%lld] = %.9g, oracle %.9g (row has %lld visible keys)",
-                           (long long)t, (long long)h, (long long)d, r, o, (long long)row_cells(x, t));
+                           (long long)t, (long long)h, (long long)d, r, o, (long long)row_visible(x, t, h));
                 }
                 double l = lat(&x->lref.t, t, h), ol = x->ol[t * c->Hq + h];
                 if (isinf(ol))
@@ -410,7 +546,7 @@ static int check_with_plan(struct rctx *x, cflash_range_plan_t plan)
 
     double e_naive = 0;
     if (half) {
-        range_oracle_attn(&x->in, x->p, x->cells, c->dtype, x->on, NULL);
+        range_oracle_attn(&x->in, x->p, x->cells, &x->msrc, &x->bsrc, c->dtype, x->on, NULL, NULL);
         for (int64_t t = 0; t < x->Tq; t++)
             for (int64_t h = 0; h < c->Hq; h++)
                 for (int64_t d = 0; d < x->Dv; d++) {
@@ -430,6 +566,10 @@ static int check_with_plan(struct rctx *x, cflash_range_plan_t plan)
     st = rcall(x, plan, c->kernel, c->threads, &x->out.t, lsep);
     CHECK0(st == CFLASH_STATUS_OK, "%s call: %s (%s)", kname(c->kernel), cflash_status_string(st),
            cflash_last_error());
+    CHECK0(!x->mask.bytes || memcmp(x->mask0, x->mask.base, x->mask.bytes) == 0,
+           "the call wrote into the mask");
+    CHECK0(!x->bias.bytes || memcmp(x->bias0, x->bias.base, x->bias.bytes) == 0,
+           "the call wrote into the bias");
     int64_t gaps = tbuf_gap_changes(&x->out, POISON);
     CHECK0(gaps == 0, "%lld bytes of out outside the view were written", (long long)gaps);
     gaps = tbuf_gap_changes(&x->lse, POISON);
@@ -821,6 +961,23 @@ static void rcfg_name(char *buf, size_t n, const struct rcfg *c)
         APPEND("/ranges=strided");
     if (c->null_types)
         APPEND("/types=null");
+    for (int w = 0; w < 2; w++) {
+        const struct rsrc *sp = w ? &c->bi : &c->m;
+        if (!sp->on)
+            continue;
+        APPEND("/%s=%s,Hv=%s,%s", w ? "bias" : "mask", rlay_names[sp->layout], rhv_names[sp->hv],
+               rst_names[sp->storage]);
+        if (w)
+            APPEND(",%s", dtype_name(sp->dtype));
+        else
+            APPEND(",%s", rf_names[sp->fill]);
+        if (sp->q1 || sp->k1)
+            APPEND(",bcast=%s%s", sp->q1 ? "Tq" : "", sp->k1 ? "Tk" : "");
+        if (sp->grow)
+            APPEND(",grow=%d", sp->grow);
+        if (w && sp->sd != 0 && sp->sd != 1)
+            APPEND(",sd=%g", sp->sd);
+    }
     if (c->seed)
         APPEND("/seed=%llx", (unsigned long long)c->seed);
 }
@@ -1567,17 +1724,6 @@ static int mbuf_clean(const float *b)
     return 1;
 }
 
-static int names_any(const char *msg, const char *names)
-{
-    char buf[128];
-    snprintf(buf, sizeof buf, "%s", names);
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, "|", &save); tok; tok = strtok_r(NULL, "|", &save))
-        if (msg_names(msg, tok))
-            return 1;
-    return 0;
-}
-
 /* X(id, 0 = plan create / 1 = attention, expected names, description) */
 #define RMISUSE(X)                                                                           \
     X(P_PLAN_NULL, 0, "plan", "plan=NULL")                                                   \
@@ -1778,7 +1924,7 @@ static void rmisuse_case(const void *arg)
     CHECK(plan == sentinel, "*plan was written although create failed");
     CHECK(clean, "out / lse buffers were written (message \"%s\")", msg);
     CHECK(le && le[0], "cflash_last_error() is empty");
-    CHECK(names_any(msg, rmisuse_info[id].names), "message \"%s\" does not name %s", msg,
+    CHECK(msg_names_any(msg, rmisuse_info[id].names), "message \"%s\" does not name %s", msg,
           rmisuse_info[id].names);
     if (id == P_OVERLAP)
         CHECK(msg_names(msg, "1") && msg_names(msg, "2"), "message \"%s\" does not name slices 1 and 2", msg);
@@ -2082,6 +2228,229 @@ static void reuse_case(const void *arg)
     CHECK(st == CFLASH_STATUS_OK, "create: %s (%s)", cflash_status_string(st), cflash_last_error());
 }
 
+
+/* ---- 10. masks and biases on plans ----------------------------------------------------- */
+
+static struct rsrc rsrc_rand(struct rng *r, int is_mask)
+{
+    struct rsrc sp;
+    memset(&sp, 0, sizeof sp);
+    sp.on = 1;
+    sp.layout = (int)rng_int(r, 3);
+    sp.hv = (int)rng_int(r, 3);
+    sp.storage = (int)rng_int(r, RST_COUNT);
+    sp.fill = rng_int(r, 3) == 0 ? RF_EMPTYROWS : RF_KEEP70;
+    sp.dtype = dtypes[rng_int(r, 3)];
+    if (sp.layout == CFLASH_LAYOUT_DENSE) {
+        sp.q1 = rng_int(r, 4) == 0;
+        sp.k1 = rng_int(r, 4) == 0;
+    }
+    if (sp.layout == CFLASH_LAYOUT_QUERY_SIDE && rng_int(r, 2))
+        sp.grow = 1 + (int)rng_int(r, 7);
+    if (!is_mask)
+        sp.sd = rng_int(r, 3) == 0 ? 3.0f : 1.0f;
+    return sp;
+}
+
+static struct rsrc rsrc_make(int layout, int hv, int storage)
+{
+    struct rsrc sp;
+    memset(&sp, 0, sizeof sp);
+    sp.on = 1;
+    sp.layout = layout;
+    sp.hv = hv;
+    sp.storage = storage;
+    sp.dtype = CFLASH_DTYPE_F32;
+    return sp;
+}
+
+
+/* Regression: rows of a tile's row block that lie past the tile's last column (here: an
+ * inverse-causal slice, rows 5..15 see nothing of 5 keys) must not make the key-side bias pass
+ * read tile columns that were never filled. A first call over keys ~30000 leaves large key
+ * indices in the kernel's tile-column array, so a read of an unfilled column is an
+ * out-of-bounds bias read (AddressSanitizer) or a wrong result. */
+static void regress_case(const void *arg)
+{
+    const enum cflash_kernel k = *(const enum cflash_kernel *)arg;
+    if (!require_kernel(k))
+        return;
+    const int D = 16, T1 = 32000;
+    struct rng r = {0x5eedull};
+    int64_t qs[3] = {16, 1, D}, k1s[3] = {T1, 1, D}, k2s[3] = {5, 1, D}, bs[2] = {5, 1}, ls[2] = {1, 16};
+    struct tbuf q, k1, k2, o, oref, l, lref, bias;
+    tbuf_make(&q, CFLASH_DTYPE_F32, 3, qs, NULL, 0, -1);
+    tbuf_make(&k1, CFLASH_DTYPE_F32, 3, k1s, NULL, 0, -1);
+    tbuf_make(&k2, CFLASH_DTYPE_F32, 3, k2s, NULL, 0, -1);
+    tbuf_make(&o, CFLASH_DTYPE_F32, 3, qs, NULL, 0, -1);
+    tbuf_make(&oref, CFLASH_DTYPE_F32, 3, qs, NULL, 0, -1);
+    tbuf_make(&l, CFLASH_DTYPE_F32, 2, ls, NULL, 0, -1);
+    tbuf_make(&lref, CFLASH_DTYPE_F32, 2, ls, NULL, 0, -1);
+    tbuf_make(&bias, CFLASH_DTYPE_F32, 2, bs, NULL, 0, -1);
+    tfill_randn(&q.t, &r, 0, 1);
+    tfill_randn(&k2.t, &r, 0, 1);
+    tfill_randn(&bias.t, &r, 0, 1);
+    struct rplan p1, p2;
+    rplan_init(&p1, 16, T1);
+    rplan_add(&p1, 0, 16, 30000, T1, CFLASH_RANGE_FULL);
+    rplan_init(&p2, 16, 5);
+    rplan_add(&p2, 0, 16, 0, 5, CFLASH_RANGE_INV_CAUSAL);
+    cflash_range_plan_t a = NULL, b = NULL;
+    char msg[256] = "";
+    if (api_plan(&p1, 0, 0, NULL, 0, &a) != CFLASH_STATUS_OK || api_plan(&p2, 0, 0, NULL, 0, &b) != CFLASH_STATUS_OK) {
+        snprintf(msg, sizeof msg, "plan: %s", cflash_last_error());
+        goto done;
+    }
+    struct cflash_attn_params prm = cflash_attn_params_default();
+    prm.kernel = k;
+    prm.num_threads = 1;
+    enum cflash_status st = cflash_attn_range(&q.t, &k1.t, NULL, a, &o.t, NULL, &prm);
+    prm.bias = &bias.t;
+    prm.bias_layout = CFLASH_LAYOUT_KEY_SIDE;
+    if (st == CFLASH_STATUS_OK)
+        st = cflash_attn_range(&q.t, &k2.t, NULL, b, &o.t, &l.t, &prm);
+    prm.kernel = CFLASH_KERNEL_REFERENCE;
+    if (st == CFLASH_STATUS_OK)
+        st = cflash_attn_range(&q.t, &k2.t, NULL, b, &oref.t, &lref.t, &prm);
+    if (st != CFLASH_STATUS_OK) {
+        snprintf(msg, sizeof msg, "status %s (%s)", cflash_status_string(st), cflash_last_error());
+        goto done;
+    }
+    for (int64_t t = 0; t < 16 && !msg[0]; t++) {
+        int64_t li[2] = {0, t};
+        const double lv = tget(&l.t, li), lr = tget(&lref.t, li);
+        if (t >= 5 ? lv != -INFINITY : !(fabs(lv - lr) <= 1e-4 + 1e-6 * fabs(lr)))
+            snprintf(msg, sizeof msg, "row %lld: lse %.9g, reference %.9g", (long long)t, lv, lr);
+        for (int64_t d = 0; d < D && !msg[0]; d++) {
+            int64_t oi[3] = {t, 0, d};
+            const double ov = tget(&o.t, oi), orf = tget(&oref.t, oi);
+            if (!(fabs(ov - orf) <= 1e-5))
+                snprintf(msg, sizeof msg, "out[%lld,0,%lld] = %.7g, reference %.7g", (long long)t,
+                         (long long)d, ov, orf);
+        }
+    }
+done:
+    cflash_range_plan_destroy(a);
+    cflash_range_plan_destroy(b);
+    rplan_free(&p1);
+    rplan_free(&p2);
+    struct tbuf *all[8] = {&q, &k1, &k2, &o, &oref, &l, &lref, &bias};
+    for (int i = 0; i < 8; i++)
+        tbuf_free(all[i]);
+    CHECK(!msg[0], "%s", msg);
+}
+
+#define N_MASK_RANDOM_PER 12
+static void register_mask(void)
+{
+    char name[512];
+    for (int ki = 0; ki < N_ALL_KERNELS; ki++) {
+        const enum cflash_kernel k = all_kernels[ki];
+        /* random plans (all four slice types) x random masks / biases in every layout */
+        for (int i = 0; i < N_MASK_RANDOM_PER; i++) {
+            const uint64_t seed = 0x3a5cull * (uint64_t)(1 + i + N_MASK_RANDOM_PER * ki) ^ 0x6d61736bull;
+            struct rng r = {seed ^ 0x77};
+            struct rcase rc = random_case(seed, k, dtypes[i % 3]);
+            rc.Tq = 1 + (int)rng_int(&r, 180);
+            rc.Tk = 2 + (int)rng_int(&r, 220);
+            if (rc.c.D == 128)
+                rc.c.D = 64;
+            if (rc.c.Dv == 80)
+                rc.c.Dv = 40;
+            const int which = (int)rng_int(&r, 3); /* mask, bias, both */
+            if (which != 1)
+                rc.c.m = rsrc_rand(&r, 1);
+            if (which != 0)
+                rc.c.bi = rsrc_rand(&r, 0);
+            add_plan_case("range/mask/random", &rc);
+        }
+        /* every layout for mask and bias, fixed plans */
+        for (int lay = 0; lay < 3; lay++) {
+            /* MTP windows with identity V: exact visible sets under plan AND mask */
+            struct rcase rc;
+            memset(&rc, 0, sizeof rc);
+            rc.c = rcfg_default(k, dtypes[lay]);
+            rc.c.identity = 1;
+            rc.c.Hq = 4;
+            rc.c.Hk = 2;
+            rc.c.seed = 0x6d00 + (uint64_t)lay;
+            rc.gen = G_LIST;
+            rc.Tq = rc.Tk = 10;
+            rc.n = 3;
+            static const int32_t sl[3][5] = {{0, 7, 0, 7, 1}, {7, 10, 0, 6, 0}, {7, 10, 7, 10, 0}};
+            memcpy(rc.sl, sl, sizeof sl);
+            rc.c.m = rsrc_make(lay, lay, lay == 2 ? RST_TRANSPOSED : RST_CONTIG);
+            rc.c.m.fill = RF_EMPTYROWS;
+            rc.c.bi = rsrc_make((lay + 1) % 3, 2, RST_PADDED);
+            rc.c.bi.dtype = dtypes[(lay + 1) % 3];
+            add_plan_case("range/mask/mtp_identity", &rc);
+            /* cumulative [9,7,5] with sinks, softcap, alibi and a bias alone */
+            memset(&rc, 0, sizeof rc);
+            rc.c = rcfg_default(k, dtypes[(lay + 2) % 3]);
+            rc.c.Hq = 8;
+            rc.c.Hk = 2;
+            rc.c.D = rc.c.Dv = 64;
+            rc.c.sinks = 1;
+            rc.c.softcap = 3;
+            rc.c.alibi = 1;
+            rc.c.seed = 0x6d10 + (uint64_t)lay;
+            rc.gen = G_LIST;
+            rc.Tq = rc.Tk = 21;
+            rc.n = 3;
+            static const int32_t cu[4] = {0, 9, 16, 21};
+            for (int b = 0; b < 3; b++) {
+                int32_t s5[5] = {cu[b], cu[b + 1], 0, cu[b + 1], 0};
+                memcpy(rc.sl[b], s5, sizeof s5);
+            }
+            rc.c.bi = rsrc_make(lay, 1, RST_NEGKEY);
+            rc.c.bi.sd = 3;
+            rc.c.bi.dtype = dtypes[lay];
+            if (lay == CFLASH_LAYOUT_QUERY_SIDE)
+                rc.c.bi.grow = 5;
+            add_plan_case("range/mask/cumulative_bias_only", &rc);
+            /* mask only, dense broadcast axes and document plans */
+            memset(&rc, 0, sizeof rc);
+            rc.c = rcfg_default(k, CFLASH_DTYPE_F32);
+            rc.c.Hq = 4;
+            rc.c.Hk = 1;
+            rc.c.seed = 0x6d20 + (uint64_t)lay;
+            rc.gen = G_DOCS;
+            rc.gp = DOCS_MIXED;
+            rc.Tq = 160;
+            rc.pseed = 0x6d2000 + (uint64_t)lay;
+            rc.c.m = rsrc_make(CFLASH_LAYOUT_DENSE, lay, RST_CONTIG);
+            rc.c.m.q1 = lay == 1;
+            rc.c.m.k1 = lay == 2;
+            add_plan_case("range/mask/docs_dense_mask", &rc);
+        }
+        snprintf(name, sizeof name,
+                 "range/mask/regress/inv_causal_rows_past_the_tile/key_side_bias/%s", kname(k));
+        tcase_add(name, regress_case, &all_kernels[ki], sizeof all_kernels[ki]);
+        /* identical bytes for 1, 2, 3 threads with a mask and a bias */
+        {
+            struct rcase rc;
+            memset(&rc, 0, sizeof rc);
+            rc.c = rcfg_default(k, CFLASH_DTYPE_BF16);
+            rc.c.Hq = 4;
+            rc.c.Hk = 2;
+            rc.c.D = rc.c.Dv = 32;
+            rc.c.sinks = 1;
+            rc.c.seed = 0x6d30;
+            rc.gen = G_RANDOM;
+            rc.Tq = 300;
+            rc.Tk = 280;
+            rc.gp = 20;
+            rc.pseed = 0x6d300;
+            rc.c.m = rsrc_make(CFLASH_LAYOUT_KEY_SIDE, 2, RST_TRANSPOSED);
+            rc.c.bi = rsrc_make(CFLASH_LAYOUT_QUERY_SIDE, 1, RST_CONTIG);
+            rc.c.bi.dtype = CFLASH_DTYPE_BF16;
+            snprintf(name, sizeof name, "range/mask/threads/%s/bf16/T=300,280/mask=key,bias=query",
+                     kname(k));
+            tcase_add(name, threads_case, &rc, sizeof rc);
+        }
+    }
+}
+
 void register_range_tests(void)
 {
     register_worked();
@@ -2107,4 +2476,5 @@ void register_range_tests(void)
         snprintf(name, sizeof name, "range/reuse/one_plan_three_configs/%s", kname(all_kernels[ki]));
         tcase_add(name, reuse_case, &all_kernels[ki], sizeof all_kernels[ki]);
     }
+    register_mask();
 }

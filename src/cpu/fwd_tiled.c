@@ -671,6 +671,7 @@ void ISA(cpu_tiled_item)(const struct attn_work *w, const struct tiled_geometry 
                     const int64_t a = i + sl->dlo - c0, z = i + sl->dhi + 1 - c0;
                     lo = a > 0 ? a : 0;
                     hi = z < ncols ? z : ncols;
+                    if (lo > ncols) lo = ncols;
                     if (hi < lo) hi = lo;
                 }
                 t.lo[r] = (int32_t)lo;

@@ -1,0 +1,109 @@
+"""Which array library a tensor comes from, and outputs allocated by that library.
+
+cflash depends on no framework: a framework is imported only when an input comes from it (its
+module is then already loaded). Outputs follow the framework of a reference input:
+
+- torch in: ``torch.empty`` on the input's device, torch out.
+- NumPy in: ``numpy.empty``, NumPy out.
+- JAX in: JAX arrays are immutable, so the kernel writes into a ``_cflash.Buffer`` (64-byte
+  aligned memory exported through DLPack) which becomes a JAX array with
+  ``jax.dlpack.from_dlpack`` (zero copy; also for bfloat16, which NumPy cannot hold).
+- any other DLPack producer: NumPy out (a ``Buffer`` for bfloat16).
+
+What this is not: a conversion layer. Inputs are never copied; they reach the extension
+through DLPack as they are.
+"""
+
+from . import _cflash
+
+TORCH, NUMPY, JAX, DLPACK = "torch", "numpy", "jax", "dlpack"
+
+
+def framework(x):
+    """"torch", "numpy", "jax" or "dlpack" (another DLPack producer); None for a non-tensor."""
+    root = type(x).__module__.partition(".")[0]
+    if root == "torch":
+        return TORCH
+    if root == "numpy":
+        return NUMPY
+    if root in ("jax", "jaxlib"):
+        return JAX
+    return DLPACK if hasattr(x, "__dlpack__") else None
+
+
+def require_tensor(name, x):
+    """TypeError unless x is a DLPack tensor (the extension checks again; the Python layer
+    needs shapes before it can allocate outputs)."""
+    if framework(x) is None:
+        raise TypeError(f"{name}: expected a DLPack tensor (an object with __dlpack__), got "
+                        f"{'None' if x is None else type(x).__name__}")
+
+
+def shape_of(x, name="x"):
+    if framework(x) == DLPACK:
+        return tuple(_cflash.describe(x, name)["shape"])
+    return tuple(int(n) for n in x.shape)
+
+
+def dtype_of(x, name="x"):
+    """The dtype's name as cflash spells it: "float32", "float16", "bfloat16", "int32", ..."""
+    if framework(x) == DLPACK:
+        return _cflash.describe(x, name)["dtype"]
+    name = str(x.dtype)
+    return name[len("torch."):] if name.startswith("torch.") else name
+
+
+def dtype_name(dtype):
+    """A dtype given by the caller (str, NumPy, torch or JAX dtype) as a name."""
+    if isinstance(dtype, str):
+        return dtype
+    name = str(dtype)
+    if name.startswith("torch."):
+        return name[len("torch."):]
+    return getattr(dtype, "__name__", name)
+
+
+def require_writable(name, x):
+    """ValueError for arrays that must not be written in place (JAX arrays are immutable;
+    read-only NumPy arrays are refused by the extension, which sees the DLPack flag)."""
+    if framework(x) == JAX:
+        raise ValueError(f"{name}: JAX arrays are immutable and cannot be written in place; "
+                         "pass a NumPy or torch array")
+
+
+def empty(like, shape, dtype):
+    """An uninitialized output of `shape` and dtype name `dtype` for inputs like `like`, in the
+    form the extension writes into (see finish())."""
+    kind = framework(like)
+    if kind == TORCH:
+        import torch
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
+    if kind == NUMPY or (kind == DLPACK and dtype != "bfloat16"):
+        import numpy
+        return numpy.empty(shape, dtype=dtype)
+    return _cflash.empty(shape, dtype)
+
+
+def finish(like, x):
+    """An output written by the extension, in the framework of `like`."""
+    if x is None or framework(like) != JAX or framework(x) == JAX:
+        return x
+    import jax.dlpack
+    return jax.dlpack.from_dlpack(x)
+
+
+def host_array(name, x, dtype):
+    """Small host-side arguments (sequence lengths, ranges, slopes) may be Python sequences or
+    numbers: those become NumPy arrays of `dtype`; tensors pass unchanged."""
+    if x is None or hasattr(x, "__dlpack__"):
+        return x
+    import numpy
+    try:
+        a = numpy.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name}: expected a tensor or a sequence of numbers ({e})") from None
+    if a.dtype == object or (a.size and a.dtype.kind not in "biuf"):
+        raise TypeError(f"{name}: expected a tensor or a sequence of numbers, got {type(x).__name__}")
+    if numpy.dtype(dtype).kind in "iu" and a.size and a.dtype.kind == "f":
+        raise TypeError(f"{name}: expected integers, got {a.dtype}")
+    return numpy.ascontiguousarray(a, dtype=dtype)
