@@ -40,7 +40,7 @@ message names the argument. On any error nothing has been written.
 
 import numbers
 
-from . import _cflash
+from . import _cflash, _env
 from ._frameworks import (dtype_name, dtype_of, empty, finish, host_array, require_tensor,
                           require_writable, shape_of)
 
@@ -116,6 +116,16 @@ def _outputs(q, out, out_shape, out_dtype, lse, lse_shape, return_lse, names=("q
     return out, lse
 
 
+def _enter(function, q, k, D, Lq, Lk, params, extra=""):
+    """What every call does before the kernel: the CFLASH_BACKEND check and, with CFLASH_TRACE=1,
+    the call count (Lq / Lk: lengths for dense calls, token totals for packed ones)."""
+    _env.check_backend(q, "q")
+    if k is not None:
+        _env.check_backend(k, "k")
+    if _env.TRACE:
+        _env.record(function, dtype_of(q), D, Lq, Lk, params, extra)
+
+
 def _result(q, out, lse, return_lse):
     if return_lse or lse is not None:
         return finish(q, out), finish(q, lse)
@@ -142,6 +152,7 @@ def attn_dense(q, k, v=None, *, out=None, lse=None, return_lse=False, out_dtype=
     _dims("k", k, 4, "[B, Lk, Hk, D]")
     params = _params(softmax_scale, causal, align, window, softcap, alibi_slopes, sinks, mask,
                      mask_layout, bias, bias_layout, num_threads, kernel)
+    _enter("dense", q, k, D, Lq, shape_of(k, "k")[1], params)
     out, lse = _outputs(q, out, (B, Lq, Hq, Dv), out_dtype, lse, (B, Hq, Lq), return_lse)
     _cflash.attn_dense(q, k, v, out, lse, **params)
     return _result(q, out, lse, return_lse)
@@ -170,6 +181,7 @@ def attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seql
     cu_k = host_array("cu_seqlens_k", cu_seqlens_k, "int32")
     params = _params(softmax_scale, causal, align, window, softcap, alibi_slopes, sinks, mask,
                      mask_layout, bias, bias_layout, num_threads, kernel)
+    _enter("varlen", q, k, D, Tq, shape_of(k, "k")[0], params)
     out, lse = _outputs(q, out, (Tq, Hq, Dv), out_dtype, lse, (Hq, Tq), return_lse)
     _cflash.attn_varlen(q, k, v, cu_q, cu_k, -1 if max_seqlen_q is None else max_seqlen_q,
                         -1 if max_seqlen_k is None else max_seqlen_k, out, lse, **params)
@@ -230,6 +242,7 @@ def attn_range(q, k, v, plan, *, out=None, lse=None, return_lse=False, out_dtype
         raise TypeError(f"plan: expected a cflash.RangePlan, got {type(plan).__name__}")
     params = _params(softmax_scale, causal, align, window, softcap, alibi_slopes, sinks, mask,
                      mask_layout, bias, bias_layout, num_threads, kernel)
+    _enter("range", q, k, D, Tq, shape_of(k, "k")[0], params, "plan")
     out, lse = _outputs(q, out, (Tq, Hq, Dv), out_dtype, lse, (Hq, Tq), return_lse)
     _cflash.attn_range(q, k, v, plan._plan, out, lse, **params)
     return _result(q, out, lse, return_lse)
@@ -274,12 +287,25 @@ def attn_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, *,
         cache_seqlens = [int(cache_seqlens)] * B
     params = _params(softmax_scale, causal, align, window, softcap, alibi_slopes, sinks, mask,
                      mask_layout, bias, bias_layout, num_threads, kernel)
+    _enter("kvcache", q, k_cache, D, Lq, _cache_keys(cache_seqlens, k_new) if _env.TRACE else 0,
+           params, "paged" if block_table is not None else "cache")
     out, lse = _outputs(q, out, (B, Lq, Hq, Dv), out_dtype, lse, (B, Hq, Lq), return_lse)
     _cflash.attn_kvcache(q, k_cache, v_cache, host_array("cache_seqlens", cache_seqlens, "int32"),
                          host_array("cache_batch_idx", cache_batch_idx, "int32"),
                          host_array("block_table", block_table, "int32"), rotary_cos, rotary_sin,
                          bool(rotary_interleaved), k_new, v_new, out, lse, **params)
     return _result(q, out, lse, return_lse)
+
+
+def _cache_keys(cache_seqlens, k_new):
+    """Longest key count of a cache call, for the trace table (host lengths only; -1 if unknown)."""
+    try:
+        import numpy
+        a = numpy.asarray(cache_seqlens)
+        n = int(a.max()) if a.size else 0
+    except Exception:  # device tensors or odd inputs: the table says -1
+        return -1
+    return n + (shape_of(k_new, "k")[1] if k_new is not None else 0)
 
 
 def merge(o1, lse1, o2, lse2, *, out=None, lse_out=None, return_lse=True, out_dtype=None):
@@ -296,6 +322,7 @@ def merge(o1, lse1, o2, lse2, *, out=None, lse_out=None, return_lse=True, out_dt
     if len(shape) not in (3, 4):
         raise ValueError(f"o1: must have 3 ([T, H, Dv]) or 4 ([B, L, H, Dv]) dimensions, got {len(shape)}")
     lse_shape = (shape[1], shape[0]) if len(shape) == 3 else (shape[0], shape[2], shape[1])
+    _env.check_backend(o1, "o1")
     out, lse_out = _outputs(o1, out, shape, out_dtype, lse_out, lse_shape, return_lse, ("o1", "out", "lse_out"))
     _cflash.merge(o1, lse1, o2, lse2, out, lse_out)
     return _result(o1, out, lse_out, return_lse)
