@@ -260,6 +260,9 @@ enum cflash_status cflash_context_cache_store(cflash_context_cache_t cache, int6
     if (layer_id < 0) return INVALID("layer_id: must be >= 0, got %lld", (long long)layer_id);
     if (mode != CFLASH_PREFILL_REPLACE && mode != CFLASH_PREFILL_APPEND)
         return INVALID("mode: must be CFLASH_PREFILL_REPLACE or CFLASH_PREFILL_APPEND, got %d", (int)mode);
+    CHECK(require_cpu("k", k));
+    CHECK(require_cpu("v", v));
+    CHECK(require_cpu("cu_seqlens", cu_seqlens));
     if (!k) return INVALID("k: must not be NULL");
     const int rank = cu_seqlens ? 3 : 4;
     struct kv_source src = {.rank = rank, .k = k, .v = v};
@@ -267,6 +270,7 @@ enum cflash_status cflash_context_cache_store(cflash_context_cache_t cache, int6
     src.v_is_k = is_view_of_k(k, v);
     if (cu_seqlens) CHECK(check_cu_seqlens("cu_seqlens", "cu_seqlens", cu_seqlens, -1, k->shape[0], -1));
     src.B = cu_seqlens ? cu_seqlens->shape[0] - 1 : k->shape[0];
+    if (src.B < 1) return INVALID("k: an entry holds C >= 1 contexts; this store has no sequence");
     const struct ctx_entry *old = entry_find(cache, layer_id);
     if (mode == CFLASH_PREFILL_APPEND && old) {
         CHECK(entry_match(old, k->dtype, src.Hk, src.D, src.Dv, src.v_is_k));
@@ -322,6 +326,12 @@ enum cflash_status cflash_attn_mlm(const struct cflash_tensor *q, const struct c
     const struct cflash_mlm_args no_mlm = {0};
     const struct cflash_mlm_args *m = mlm ? mlm : &no_mlm;
     if (!q) return INVALID("q: must not be NULL");
+    {
+        const struct cflash_tensor *all[] = {q, k, v, cu_seqlens_q, cu_seqlens_k, m->ctx_idx, out, lse};
+        const char *names[] = {"q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "ctx_idx", "out", "lse"};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) CHECK(require_cpu(names[i], all[i]));
+        CHECK(require_cpu_params(p));
+    }
     const int rank = cu_seqlens_q ? 3 : 4;
     int64_t Hq = 0, Hk = 0, D = 0, Dv = 0;
     CHECK(check_qkvo(rank, q, k, v, out, &Hq, &Hk, &D, &Dv));
@@ -368,7 +378,8 @@ enum cflash_status cflash_attn_mlm(const struct cflash_tensor *q, const struct c
                 return INVALID("ctx_idx: entry %lld = %d is not a context of layer %lld (it has %lld)", (long long)b, (int)c, (long long)m->layer_id, (long long)e->C);
         }
     }
-    if (B == 0 && !m->prefill) return CFLASH_STATUS_OK;
+    if (B == 0 && m->prefill) return INVALID("prefill: an entry holds C >= 1 contexts; this call has no sequence");
+    if (B == 0) return CFLASH_STATUS_OK;
 
     /* per-sequence index arrays: rows, new keys, context keys, context map */
     const size_t nb = (size_t)(B > 0 ? B : 1);

@@ -1910,8 +1910,37 @@ static void register_kernel(enum cflash_kernel k)
         }
 }
 
+/* A store or prefill of zero sequences would install an entry no call could use: refused,
+ * and an existing entry is left as it was. */
+static void zero_sequences_case(const void *arg)
+{
+    (void)arg;
+    cflash_context_cache_t cache = NULL;
+    CHECK_STATUS(cflash_context_cache_create(&cache), CFLASH_STATUS_OK);
+    uint16_t kd[2 * 8] = {0};
+    int64_t sh1[4] = {1, 2, 1, 8}, sh0[4] = {0, 2, 1, 8}, shq[4] = {0, 1, 1, 8};
+    struct cflash_tensor k1 = tdesc(kd, CFLASH_DTYPE_F16, 4, sh1), k0 = tdesc(kd, CFLASH_DTYPE_F16, 4, sh0);
+    struct cflash_tensor q0 = tdesc(kd, CFLASH_DTYPE_F16, 4, shq);
+    enum cflash_status st = cflash_context_cache_store(cache, 3, &k1, &k1, NULL, CFLASH_PREFILL_REPLACE);
+    if (st == CFLASH_STATUS_OK)
+        st = cflash_context_cache_store(cache, 3, &k0, &k0, NULL, CFLASH_PREFILL_REPLACE);
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s", cflash_last_error()); /* the next call overwrites it */
+    struct cflash_context_info info;
+    enum cflash_status st_info = cflash_context_cache_info(cache, 3, &info);
+    struct cflash_mlm_args m = {.cache = cache, .layer_id = 3, .prefill = 1, .prefill_mode = CFLASH_PREFILL_REPLACE};
+    enum cflash_status st_mlm = cflash_attn_mlm(&q0, &k0, &k0, NULL, NULL, &m, &q0, NULL, NULL);
+    cflash_context_cache_destroy(cache);
+    CHECK(st == CFLASH_STATUS_INVALID_ARGUMENT && strncmp(msg, "k:", 2) == 0, "store of 0 sequences: %s (%s)",
+          cflash_status_string(st), msg);
+    CHECK(st_info == CFLASH_STATUS_OK && info.num_contexts == 1, "the layer-3 entry changed: %s, %lld contexts",
+          cflash_status_string(st_info), (long long)info.num_contexts);
+    CHECK(st_mlm == CFLASH_STATUS_INVALID_ARGUMENT, "prefill of 0 sequences: %s", cflash_status_string(st_mlm));
+}
+
 void register_context_tests(void)
 {
+    tcase_add("context/misuse/zero_sequences", zero_sequences_case, NULL, 0);
     for (int ki = 0; ki < N_ALL_KERNELS; ki++)
         register_kernel(all_kernels[ki]);
     char name[256];

@@ -5,18 +5,25 @@
     out = cflash.attn_dense(q, q, q, causal=True)            # NumPy in, NumPy out
 
 Functions (shapes and options in their docstrings; the options are listed once in
-cflash._api): attn_dense, attn_varlen, RangePlan + attn_range, attn_kvcache, merge. Inputs
+cflash._api): attn_dense, attn_varlen, RangePlan + attn_range, attn_kvcache, merge, and the
+flash-mlm layer context: ContextCache + attn_mlm.
+
+Drop-ins for other libraries' call shapes (imported on demand, docs/compat_*.md):
+cflash.flash_attn (flash-attn 2.x; `import flash_attn` through the guarded shim),
+cflash.sdpa (torch SDPA patch), cflash.flash_mlm, cflash.magi (MagiAttention /
+LocateAnything), cflash.dmattn (flash-dmattn). Environment: cflash._env. Inputs
 reach the C library through DLPack without a copy; outputs are allocated by the input's
 framework (or passed as out=). The GIL is released while a kernel runs. Semantics: SPEC.md.
 """
 
 from . import _cflash
 from ._api import RangePlan, attn_dense, attn_kvcache, attn_range, attn_varlen, merge
+from ._context import ContextCache, ContextInfo, attn_mlm
 
 __version__ = f"{_cflash.VERSION_MAJOR}.{_cflash.VERSION_MINOR}.{_cflash.VERSION_PATCH}"
 
 __all__ = ["RangePlan", "attn_dense", "attn_kvcache", "attn_range", "attn_varlen", "merge",
-           "kernels", "kernel_auto", "default_num_threads"]
+           "ContextCache", "ContextInfo", "attn_mlm", "kernels", "kernel_auto", "default_num_threads"]
 
 
 def kernels():

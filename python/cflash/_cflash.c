@@ -399,6 +399,151 @@ static PyTypeObject RangePlanType = {
     .tp_new = range_plan_new,
 };
 
+/* ---- flash-mlm layer context caches ---- */
+
+/* A cflash_context_cache_t. The library does not make a cache safe for a store concurrent with
+ * any other call on it, and every call here runs without the GIL, so each call takes the
+ * object's lock (waiting for it without the GIL): calls on one cache are serialized. */
+typedef struct {
+    PyObject_HEAD
+    cflash_context_cache_t cache;
+    PyThread_type_lock lock;
+} ContextCacheObject;
+
+static PyTypeObject ContextCacheType;
+
+static void context_lock(ContextCacheObject *self) {
+    if (PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) return;
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    Py_END_ALLOW_THREADS
+}
+
+static void context_unlock(ContextCacheObject *self) { PyThread_release_lock(self->lock); }
+
+static PyObject *context_cache_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    if (!PyArg_ParseTuple(args, ":ContextCache") || (kwargs && PyDict_Size(kwargs))) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "ContextCache() takes no arguments");
+        return NULL;
+    }
+    ContextCacheObject *self = (ContextCacheObject *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    self->lock = PyThread_allocate_lock();
+    if (!self->lock) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    const enum cflash_status st = cflash_context_cache_create(&self->cache);
+    if (st != CFLASH_STATUS_OK) {
+        PyErr_SetString(exception_for_status(st, cflash_last_error()), cflash_last_error());
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void context_cache_dealloc(ContextCacheObject *self) {
+    cflash_context_cache_destroy(self->cache); /* NULL-safe */
+    if (self->lock) PyThread_free_lock(self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The status of a call that imported no tensor, as an exception. */
+static int raise_status(enum cflash_status st) {
+    struct dl_args none = {.n = 0};
+    return release_status(&none, st);
+}
+
+/* clear(layer_id): drop one layer's entry, or every entry with -1. */
+static PyObject *context_cache_clear(ContextCacheObject *self, PyObject *args) {
+    long long layer = -1;
+    if (!PyArg_ParseTuple(args, "L:clear", &layer)) return NULL;
+    context_lock(self);
+    const enum cflash_status st = cflash_context_cache_clear(self->cache, layer);
+    context_unlock(self);
+    if (raise_status(st)) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* info(layer_id): None for no entry, else a dict of struct cflash_context_info with the
+ * context lengths (a list) added. */
+static PyObject *context_cache_info(ContextCacheObject *self, PyObject *args) {
+    static const char *dtypes[] = {"float32", "float16", "bfloat16", "int32", "uint8"};
+    long long layer;
+    if (!PyArg_ParseTuple(args, "L:info", &layer)) return NULL;
+    struct cflash_context_info info;
+    int64_t *lengths = NULL;
+    context_lock(self);
+    enum cflash_status st = cflash_context_cache_info(self->cache, layer, &info);
+    if (st == CFLASH_STATUS_OK && info.present) {
+        lengths = malloc(sizeof(int64_t) * (size_t)(info.num_contexts > 0 ? info.num_contexts : 1));
+        if (lengths) st = cflash_context_cache_lengths(self->cache, layer, lengths);
+    }
+    context_unlock(self);
+    if (st == CFLASH_STATUS_OK && info.present && !lengths) return PyErr_NoMemory();
+    if (raise_status(st)) {
+        free(lengths);
+        return NULL;
+    }
+    if (!info.present) Py_RETURN_NONE;
+    PyObject *lens = PyList_New((Py_ssize_t)info.num_contexts);
+    for (int64_t c = 0; lens && c < info.num_contexts; c++) {
+        PyObject *n = PyLong_FromLongLong(lengths[c]);
+        if (!n) Py_CLEAR(lens);
+        else PyList_SET_ITEM(lens, (Py_ssize_t)c, n);
+    }
+    free(lengths);
+    if (!lens) return NULL;
+    PyObject *d = Py_BuildValue("{s:O,s:s,s:L,s:L,s:L,s:L,s:L,s:N}", "v_is_k", info.v_is_k ? Py_True : Py_False,
+                                "dtype", (unsigned)info.dtype < 5 ? dtypes[info.dtype] : "unknown",
+                                "num_contexts", (long long)info.num_contexts, "Hk", (long long)info.Hk,
+                                "D", (long long)info.D, "Dv", (long long)info.Dv,
+                                "total_len", (long long)info.total_len, "lengths", lens);
+    return d; /* "N" gave lens away, also on failure */
+}
+
+/* store(layer_id, k, v, cu_seqlens, mode): cflash_context_cache_store. */
+static PyObject *context_cache_store(ContextCacheObject *self, PyObject *args) {
+    long long layer;
+    PyObject *k, *v, *cu;
+    int mode;
+    if (!PyArg_ParseTuple(args, "LOOOi:store", &layer, &k, &v, &cu, &mode)) return NULL;
+    struct dl_args a = {.n = 0};
+    const struct cflash_tensor *tk, *tv, *tcu;
+    if (dl_get(&a, "k", k, 0, &tk) || dl_get(&a, "v", v, ARG_OPTIONAL, &tv) ||
+        dl_get(&a, "cu_seqlens", cu, ARG_OPTIONAL, &tcu))
+        return fail(&a);
+    enum cflash_status st;
+    context_lock(self);
+    Py_BEGIN_ALLOW_THREADS
+    st = cflash_context_cache_store(self->cache, layer, tk, tv, tcu, (enum cflash_prefill_mode)mode);
+    Py_END_ALLOW_THREADS
+    context_unlock(self);
+    return finish(&a, st);
+}
+
+static PyMethodDef context_cache_methods[] = {
+    {"clear", (PyCFunction)context_cache_clear, METH_VARARGS,
+     "clear(layer_id): drop layer_id's entry (absent is fine), or every entry with -1"},
+    {"info", (PyCFunction)context_cache_info, METH_VARARGS,
+     "info(layer_id): None (no entry) or a dict: v_is_k, dtype, num_contexts, Hk, D, Dv, total_len, lengths"},
+    {"store", (PyCFunction)context_cache_store, METH_VARARGS,
+     "store(layer_id, k, v, cu_seqlens, mode): cflash_context_cache_store (k [B, L, Hk, D] with cu_seqlens None, "
+     "or [Tk, Hk, D] with int32 [B + 1]; v None: V := K; mode PREFILL_REPLACE | PREFILL_APPEND)"},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject ContextCacheType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cflash._cflash.ContextCache",
+    .tp_basicsize = sizeof(ContextCacheObject),
+    .tp_dealloc = (destructor)context_cache_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "ContextCache(): a cflash_context_cache_t (flash-mlm per-layer context K/V, owned copies); "
+              "calls on one cache are serialized",
+    .tp_methods = context_cache_methods,
+    .tp_new = context_cache_new,
+};
+
 /* ---- attention entry points ---- */
 
 static PyObject *py_attn_dense(PyObject *self, PyObject *args, PyObject *kwargs) {
@@ -487,6 +632,43 @@ static PyObject *py_attn_kvcache(PyObject *self, PyObject *args, PyObject *kwarg
     Py_BEGIN_ALLOW_THREADS
     st = cflash_attn_kvcache(tq, &cache, tkn, tvn, to, tl, &p);
     Py_END_ALLOW_THREADS
+    return finish(&a, st);
+}
+
+static PyObject *py_attn_mlm(PyObject *self, PyObject *args, PyObject *kwargs) {
+    PyObject *q, *k, *v, *cq, *ck, *cache, *ctx_idx, *out, *lse;
+    long long layer;
+    int cumulative, prefill, mode;
+    if (!PyArg_ParseTuple(args, "OOOOOOLOppiOO:attn_mlm", &q, &k, &v, &cq, &ck, &cache, &layer, &ctx_idx,
+                          &cumulative, &prefill, &mode, &out, &lse))
+        return NULL;
+    if (cache != Py_None && !PyObject_TypeCheck(cache, &ContextCacheType)) {
+        PyErr_Format(PyExc_TypeError, "cache: expected a ContextCache or None, got %s", Py_TYPE(cache)->tp_name);
+        return NULL;
+    }
+    ContextCacheObject *cc = cache == Py_None ? NULL : (ContextCacheObject *)cache; /* args keeps it alive */
+    struct dl_args a = {.n = 0};
+    const struct cflash_tensor *tq, *tk, *tv, *tcq, *tck, *to, *tl;
+    struct cflash_mlm_args m;
+    memset(&m, 0, sizeof m);
+    struct cflash_attn_params p;
+    if (dl_get(&a, "q", q, 0, &tq) || dl_get(&a, "k", k, 0, &tk) || dl_get(&a, "v", v, ARG_OPTIONAL, &tv) ||
+        dl_get(&a, "cu_seqlens_q", cq, ARG_OPTIONAL, &tcq) || dl_get(&a, "cu_seqlens_k", ck, ARG_OPTIONAL, &tck) ||
+        dl_get(&a, "ctx_idx", ctx_idx, ARG_OPTIONAL, &m.ctx_idx) ||
+        dl_get(&a, "out", out, ARG_WRITTEN, &to) || dl_get(&a, "lse", lse, ARG_OPTIONAL | ARG_WRITTEN, &tl) ||
+        parse_params("attn_mlm", kwargs, &a, &p))
+        return fail(&a);
+    m.cache = cc ? cc->cache : NULL;
+    m.layer_id = layer;
+    m.cumulative = cumulative;
+    m.prefill = prefill;
+    m.prefill_mode = (enum cflash_prefill_mode)mode;
+    enum cflash_status st;
+    if (cc) context_lock(cc);
+    Py_BEGIN_ALLOW_THREADS
+    st = cflash_attn_mlm(tq, tk, tv, tcq, tck, &m, to, tl, &p);
+    Py_END_ALLOW_THREADS
+    if (cc) context_unlock(cc);
     return finish(&a, st);
 }
 
@@ -789,6 +971,9 @@ static PyMethodDef module_methods[] = {
     {"attn_kvcache", (PyCFunction)(void (*)(void))py_attn_kvcache, METH_VARARGS | METH_KEYWORDS,
      "attn_kvcache(q, k_cache, v_cache, cache_seqlens, cache_batch_idx, block_table, rotary_cos, rotary_sin, "
      "rotary_interleaved, k_new, v_new, out, lse, **params)"},
+    {"attn_mlm", (PyCFunction)(void (*)(void))py_attn_mlm, METH_VARARGS | METH_KEYWORDS,
+     "attn_mlm(q, k, v, cu_seqlens_q, cu_seqlens_k, cache, layer_id, ctx_idx, cumulative, prefill, prefill_mode, "
+     "out, lse, **params): cflash_attn_mlm"},
     {"merge", py_merge, METH_VARARGS, "merge(o1, lse1, o2, lse2, out, lse_out)"},
     {"describe", py_describe, METH_VARARGS, "describe(x, name='x'): the converter's view of a DLPack tensor, as a dict"},
     {"empty", py_empty, METH_VARARGS, "empty(shape, dtype): an uninitialized Buffer"},
@@ -806,13 +991,16 @@ static struct PyModuleDef cflash_module = {
     module_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__cflash(void) {
-    if (PyType_Ready(&RangePlanType) < 0 || PyType_Ready(&BufferType) < 0) return NULL;
+    if (PyType_Ready(&RangePlanType) < 0 || PyType_Ready(&BufferType) < 0 || PyType_Ready(&ContextCacheType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&cflash_module);
     if (!m) return NULL;
     Py_INCREF(&RangePlanType);
     Py_INCREF(&BufferType);
+    Py_INCREF(&ContextCacheType);
     if (PyModule_AddObject(m, "RangePlan", (PyObject *)&RangePlanType) ||
-        PyModule_AddObject(m, "Buffer", (PyObject *)&BufferType)) {
+        PyModule_AddObject(m, "Buffer", (PyObject *)&BufferType) ||
+        PyModule_AddObject(m, "ContextCache", (PyObject *)&ContextCacheType)) {
         Py_DECREF(m);
         return NULL;
     }
@@ -828,6 +1016,7 @@ PyMODINIT_FUNC PyInit__cflash(void) {
         {"LAYOUT_QUERY_SIDE", CFLASH_LAYOUT_QUERY_SIDE},
         {"RANGE_FULL", CFLASH_RANGE_FULL}, {"RANGE_CAUSAL", CFLASH_RANGE_CAUSAL},
         {"RANGE_INV_CAUSAL", CFLASH_RANGE_INV_CAUSAL}, {"RANGE_BAND", CFLASH_RANGE_BAND},
+        {"PREFILL_REPLACE", CFLASH_PREFILL_REPLACE}, {"PREFILL_APPEND", CFLASH_PREFILL_APPEND},
         {"DLPACK_MAJOR_VERSION", DLPACK_MAJOR_VERSION}, {"DLPACK_MINOR_VERSION", DLPACK_MINOR_VERSION}};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         if (PyModule_AddIntConstant(m, ints[i].name, ints[i].value)) {

@@ -229,3 +229,43 @@ def merge(o1, lse1, o2, lse2):
         o = (w1[..., None] * o1 + w2[..., None] * o2) / np.where(tot > 0, tot, 1.0)[..., None]
         lse = np.where(tot > 0, m + np.log(np.where(tot > 0, tot, 1.0)), -np.inf)
     return np.where(tot[..., None] > 0, o, 0.0), lse
+
+
+def mlm(q, k, v, contexts=(), *, cu_q=None, cu_k=None, ctx_idx=None, cumulative=False, **kw):
+    """flash-mlm attention (SPEC.md section 6): sequence b's rows see, with no mask, context
+    ctx(b) and its new keys (with `cumulative`, packed only: the new keys of sequences 0..b).
+    contexts: a list of (k_c [Lc, Hk, D], v_c [Lc, Hk, Dv]) (empty: no context, a miss);
+    ctx(b) = ctx_idx[b], else 0 with one context, b with B. Dense q [B, Lq, Hq, D], k / v
+    [B, Lk, Hk, .]; packed q [Tq, Hq, D] with cu_q, k / v [Tk, Hk, .] with cu_k (None: cu_q).
+    v None: V := K. Returns out and lse in the call's layout (dense [B, Lq, Hq, Dv] /
+    [B, Hq, Lq]; packed [Tq, Hq, Dv] / [Hq, Tq])."""
+    v = k if v is None else v
+    packed = cu_q is not None
+    if packed:
+        cq = [int(c) for c in cu_q]
+        ck = cq if cu_k is None else [int(c) for c in cu_k]
+        B = len(cq) - 1
+        rows = lambda x, b, cu: x[cu[b]:cu[b + 1]]
+    else:
+        B = q.shape[0]
+    outs, lses = [], []
+    for b in range(B):
+        if packed:
+            qb = rows(q, b, cq)
+            k0 = ck[0] if cumulative else ck[b]
+            kb, vb = k[k0:ck[b + 1]], v[k0:ck[b + 1]]
+        else:
+            qb, kb, vb = q[b], k[b], v[b]
+        if len(contexts):
+            c = int(ctx_idx[b]) if ctx_idx is not None else (0 if len(contexts) == 1 else b)
+            kc, vc = contexts[c]
+            kb = np.concatenate([np.asarray(kc, np.float64), np.asarray(kb, np.float64)])
+            vb = np.concatenate([np.asarray(vc, np.float64), np.asarray(vb, np.float64)])
+        o, l = attend(qb, kb, vb, **kw)
+        outs.append(o)
+        lses.append(l)
+    Hq, Dv = q.shape[-2], v.shape[-1]
+    if packed:
+        return (np.concatenate(outs) if B else np.zeros((0, Hq, Dv)),
+                np.concatenate(lses, axis=1) if B else np.zeros((Hq, 0)))
+    return np.stack(outs) if B else np.zeros((0,) + q.shape[1:3] + (Dv,)), np.stack(lses) if B else np.zeros((0, Hq, q.shape[1]))
