@@ -128,11 +128,13 @@ struct cflash_attn_params {
     enum cflash_layout mask_layout;
     const struct cflash_tensor *bias; /* NULL, or fp32/fp16/bf16 in bias_layout */
     enum cflash_layout bias_layout;
+    void *cuda_stream;        /* CUDA tensors: the cudaStream_t the call is queued on (NULL:
+                                 the legacy default stream); ignored for CPU tensors */
 };
 
 #define CFLASH_ATTN_PARAMS_INIT                                                                 \
     { 0.0f, 0.0f, 0, CFLASH_ALIGN_BOTTOM_RIGHT, -1, -1, NULL, NULL, 0, CFLASH_KERNEL_AUTO, NULL, \
-      CFLASH_LAYOUT_DENSE, NULL, CFLASH_LAYOUT_DENSE }
+      CFLASH_LAYOUT_DENSE, NULL, CFLASH_LAYOUT_DENSE, NULL }
 
 struct cflash_attn_params cflash_attn_params_default(void);
 

@@ -25,7 +25,7 @@ if ((${#missing[@]})); then
 fi
 say "cross build: $BUILD_DIR (aarch64, Release)"
 cmake -S . -B "$BUILD_DIR" -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake \
-    -DCMAKE_BUILD_TYPE=Release -DCFLASH_BUILD_BENCH=OFF -DCFLASH_BUILD_EXAMPLES=OFF
+    -DCMAKE_BUILD_TYPE=Release -DCFLASH_BUILD_BENCH=OFF -DCFLASH_BUILD_EXAMPLES=OFF -DCFLASH_CUDA=OFF
 cmake --build "$BUILD_DIR" -j "$JOBS"
 # The env group re-executes the test binary as a child process, which qemu-user (without binfmt
 # registration) cannot do: it is skipped here and runs natively in scripts/test.sh.

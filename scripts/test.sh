@@ -2,7 +2,7 @@
 # scripts/test.sh - the second command: every test, one command, non-zero exit on any failure.
 #   1. Release build in build/ and its ctest (the same build scripts/setup.sh made).
 #   2. AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/ (RelWithDebInfo,
-#      -DCFLASH_SANITIZE=ON, benchmarks and examples off) and its ctest.
+#      -DCFLASH_SANITIZE=ON, benchmarks, examples and the CUDA backend off) and its ctest.
 #   3. pytest for the Python package (python/tests; installed by scripts/setup.sh).
 # Run scripts/setup.sh once first on a fresh machine (it installs the system packages).
 #
@@ -29,8 +29,10 @@ if [ "${SKIP_ASAN:-0}" = 1 ]; then
     say "SKIP_ASAN=1: skipping the sanitizer build"
 else
     say "ASan+UBSan build: $ASAN_BUILD_DIR (RelWithDebInfo, CFLASH_SANITIZE=ON)"
+    # CUDA off here: the host code is the same, and the GPU's sanitizers are compute-sanitizer's
+    # (scripts/gpu_check.sh); the CUDA routing cases run in both builds
     cmake -S . -B "$ASAN_BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCFLASH_SANITIZE=ON \
-        -DCFLASH_BUILD_BENCH=OFF -DCFLASH_BUILD_EXAMPLES=OFF
+        -DCFLASH_BUILD_BENCH=OFF -DCFLASH_BUILD_EXAMPLES=OFF -DCFLASH_CUDA=OFF
     cmake --build "$ASAN_BUILD_DIR" -j "$JOBS"
     say "ctest (ASan+UBSan)"
     (cd "$ASAN_BUILD_DIR" &&

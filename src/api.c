@@ -5,6 +5,9 @@
  * caller could have avoided, and nothing is written before validation succeeds.
  */
 #include "internal.h"
+#ifdef CFLASH_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
 #include "cpu/convert.h"
 
 #include <math.h>
@@ -79,9 +82,12 @@ enum cflash_status check_tensor(const char *name, const struct cflash_tensor *t,
     if (t->ndim != ndim) return INVALID("%s: must have %d dimensions, got %d", name, ndim, (int)t->ndim);
     if ((unsigned)t->dtype > CFLASH_DTYPE_U8) return INVALID("%s: unknown dtype %d", name, (int)t->dtype);
     if (t->device != CFLASH_DEVICE_CPU) {
-        if (t->device == CFLASH_DEVICE_CUDA)
-            return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: CUDA tensors need the CUDA backend, which this build does not have", name);
-        return INVALID("%s: unknown device type %d", name, (int)t->device);
+        if (t->device != CFLASH_DEVICE_CUDA) return INVALID("%s: unknown device type %d", name, (int)t->device);
+#ifndef CFLASH_HAVE_CUDA
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: CUDA tensors need the CUDA backend, which this build does not have", name);
+#endif
+        /* CUDA tensors pass the shape checks; entry points the CUDA backend does not serve
+         * refuse them with require_cpu, the others check that all tensors share q's device */
     }
     /* Element counts and offsets stay far from int64 overflow: each below 2^53. */
     const int64_t limit = (int64_t)1 << 53;
@@ -99,6 +105,29 @@ enum cflash_status check_tensor(const char *name, const struct cflash_tensor *t,
     if (numel == 0) return CFLASH_STATUS_OK;
     if (numel > 0 && !t->data) return INVALID("%s: data is NULL but the tensor has %lld elements", name, (long long)numel);
     return CFLASH_STATUS_OK;
+}
+
+/* Entry points (or options) the CUDA backend does not serve yet: UNSUPPORTED for a GPU tensor. */
+enum cflash_status require_cpu(const char *name, const struct cflash_tensor *t) {
+    if (t && t->device == CFLASH_DEVICE_CUDA)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: this call is not served by the CUDA backend yet (CPU tensors only)", name);
+    return CFLASH_STATUS_OK;
+}
+
+enum cflash_status require_cpu_params(const struct cflash_attn_params *p) {
+    if (!p) return CFLASH_STATUS_OK;
+    CHECK(require_cpu("alibi_slopes", p->alibi_slopes));
+    CHECK(require_cpu("sinks", p->sinks));
+    CHECK(require_cpu("mask", p->mask));
+    return require_cpu("bias", p->bias);
+}
+
+/* t (if given) lives where q does: same device type and device id. */
+enum cflash_status check_device(const char *name, const struct cflash_tensor *t, const struct cflash_tensor *q) {
+    if (!t || (t->device == q->device && (t->device == CFLASH_DEVICE_CPU || t->device_id == q->device_id)))
+        return CFLASH_STATUS_OK;
+    return INVALID("%s: must be on q's device (%s:%d), got %s:%d", name, q->device == CFLASH_DEVICE_CPU ? "cpu" : "cuda",
+                   (int)q->device_id, t->device == CFLASH_DEVICE_CPU ? "cpu" : "cuda", (int)t->device_id);
 }
 
 enum cflash_status check_float(const char *name, const struct cflash_tensor *t) {
@@ -244,6 +273,7 @@ enum cflash_status check_qkvo(int rank, const struct cflash_tensor *q, const str
     CHECK(check_float("q", q));
     CHECK(check_unit_last("q", q));
     CHECK(check_tensor("k", k, rank));
+    CHECK(check_device("k", k, q));
     if (k->dtype != q->dtype) return INVALID("k: dtype must equal q's (%s), got %s", api_dtype_name(q->dtype), api_dtype_name(k->dtype));
     CHECK(check_unit_last("k", k));
     *Hq = q->shape[ha];
@@ -257,6 +287,7 @@ enum cflash_status check_qkvo(int rank, const struct cflash_tensor *q, const str
     if (rank == 4) CHECK(check_dim("k", k, 0, q->shape[0], "B"));
     if (v) {
         CHECK(check_tensor("v", v, rank));
+        CHECK(check_device("v", v, q));
         if (v->dtype != q->dtype) return INVALID("v: dtype must equal q's (%s), got %s", api_dtype_name(q->dtype), api_dtype_name(v->dtype));
         CHECK(check_unit_last("v", v));
         if (rank == 4) CHECK(check_dim("v", v, 0, q->shape[0], "B"));
@@ -268,6 +299,7 @@ enum cflash_status check_qkvo(int rank, const struct cflash_tensor *q, const str
         *Dv = *D;
     }
     CHECK(check_tensor("out", out, rank));
+    CHECK(check_device("out", out, q));
     if (out->dtype != q->dtype && out->dtype != CFLASH_DTYPE_F32)
         return INVALID("out: dtype must be q's (%s) or float32, got %s", api_dtype_name(q->dtype), api_dtype_name(out->dtype));
     for (int a = 0; a < rank - 1; a++)
@@ -381,6 +413,76 @@ enum cflash_status run_attention(int rank, const struct cflash_tensor *q, const 
     return st;
 }
 
+/* lse and the tensors of params live where q does. */
+static enum cflash_status check_call_devices(const struct cflash_tensor *q, const struct cflash_tensor *lse,
+                                             const struct cflash_attn_params *p) {
+    CHECK(check_device("lse", lse, q));
+    CHECK(check_device("alibi_slopes", p->alibi_slopes, q));
+    CHECK(check_device("sinks", p->sinks, q));
+    CHECK(check_device("mask", p->mask, q));
+    return check_device("bias", p->bias, q);
+}
+
+#ifdef CFLASH_HAVE_CUDA
+static void cuda_operand(const struct cflash_tensor *t, int rank, int64_t *sb, int64_t *st, int64_t *sh) {
+    *sb = rank == 4 ? t->stride[0] : 0;
+    *st = t->stride[rank - 3];
+    *sh = t->stride[rank - 2];
+}
+
+/* Dense (rank 4) and packed (rank 3, cu_q / cu_k on the device) calls on CUDA tensors, after
+ * the checks every backend shares. Queued on p->cuda_stream; nothing waits for the GPU. */
+static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                     const struct cflash_tensor *v, const struct cflash_tensor *out,
+                                     const struct cflash_tensor *lse, const struct cflash_attn_params *p,
+                                     int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
+                                     const struct cflash_tensor *cu_q, const struct cflash_tensor *cu_k,
+                                     int64_t max_seqlen_q) {
+    if (p->kernel != CFLASH_KERNEL_AUTO)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: %s is a CPU kernel; CUDA tensors take CFLASH_KERNEL_AUTO", cflash_kernel_name(p->kernel));
+    if (p->mask) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "mask: masks are not served by the CUDA backend yet");
+    if (p->bias) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "bias: biases are not served by the CUDA backend yet");
+    if (B > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 sequences, got %lld", (long long)B);
+    if (Hq > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 heads, got %lld", (long long)Hq);
+    struct cuda_fwd f;
+    memset(&f, 0, sizeof f);
+    f.q = q->data; f.k = k->data; f.v = v ? v->data : k->data; f.out = out->data;
+    f.lse = lse ? lse->data : NULL;
+    f.dtype = q->dtype; f.out_dtype = out->dtype;
+    cuda_operand(q, rank, &f.q_sb, &f.q_st, &f.q_sh);
+    cuda_operand(k, rank, &f.k_sb, &f.k_st, &f.k_sh);
+    cuda_operand(v ? v : k, rank, &f.v_sb, &f.v_st, &f.v_sh);
+    cuda_operand(out, rank, &f.o_sb, &f.o_st, &f.o_sh);
+    if (lse) {
+        f.lse_sb = rank == 4 ? lse->stride[0] : 0;
+        f.lse_sh = lse->stride[rank - 3];
+        f.lse_st = lse->stride[rank - 2];
+    }
+    f.B = (int32_t)B; f.Hq = (int32_t)Hq; f.Hk = (int32_t)Hk; f.D = (int32_t)D; f.Dv = (int32_t)Dv;
+    f.Lq = q->shape[rank - 3]; f.Lk = k->shape[rank - 3];
+    if (cu_q) {
+        f.cu_q = cu_q->data; f.cu_k = cu_k->data;
+        f.cu_q_s = cu_q->stride[0]; f.cu_k_s = cu_k->stride[0];
+        f.max_seqlen_q = max_seqlen_q >= 0 ? max_seqlen_q : f.Lq;
+    }
+    f.scale = p->scale != 0.0f ? p->scale : (float)(1.0 / sqrt((double)D));
+    f.softcap = p->softcap;
+    f.causal = p->causal; f.top_left = p->align == CFLASH_ALIGN_TOP_LEFT;
+    f.window_left = p->window_left; f.window_right = p->window_right;
+    if (p->alibi_slopes) {
+        const struct cflash_tensor *a = p->alibi_slopes;
+        f.alibi = a->data;
+        f.alibi_sh = a->stride[a->ndim - 1];
+        f.alibi_sb = a->ndim == 2 ? a->stride[0] : 0;
+    }
+    if (p->sinks) { f.sinks = p->sinks->data; f.sinks_sh = p->sinks->stride[0]; }
+    f.stream = p->cuda_stream;
+    enum cuda_fwd_config config;
+    CHECK(cuda_fwd_select(&f, &config));
+    return cuda_fwd_launch(&f, config);
+}
+#endif
+
 enum cflash_status cflash_attn_dense(const struct cflash_tensor *q, const struct cflash_tensor *k,
                                      const struct cflash_tensor *v, const struct cflash_tensor *out,
                                      const struct cflash_tensor *lse,
@@ -395,6 +497,11 @@ enum cflash_status cflash_attn_dense(const struct cflash_tensor *q, const struct
     struct attn_scoresrc mask, bias;
     CHECK(check_scoresrc("mask", p->mask, p->mask_layout, 1, 0, B, Hq, Hk, Lq, Lk, 0, 0, &mask));
     CHECK(check_scoresrc("bias", p->bias, p->bias_layout, 0, 0, B, Hq, Hk, Lq, Lk, 0, 0, &bias));
+    CHECK(check_call_devices(q, lse, p));
+#ifdef CFLASH_HAVE_CUDA
+    if (q->device == CFLASH_DEVICE_CUDA)
+        return cuda_route(4, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, NULL, NULL, -1);
+#endif
     if (B == 0 || Lq == 0) return CFLASH_STATUS_OK;
 
     int64_t *idx = malloc(sizeof(int64_t) * 4 * (size_t)B);
@@ -415,6 +522,8 @@ enum cflash_status check_cu_seqlens(const char *name, const char *hint_name,
     if (cu->shape[0] < 1) return INVALID("%s: must have B + 1 >= 1 entries", name);
     if (B >= 0 && cu->shape[0] != B + 1)
         return INVALID("%s: must have B + 1 = %lld entries (as cu_seqlens_q), got %lld", name, (long long)(B + 1), (long long)cu->shape[0]);
+    if (hint < -1) return INVALID("%s: must be >= 0, or -1 for not given, got %lld", hint_name, (long long)hint);
+    if (cu->device != CFLASH_DEVICE_CPU) return CFLASH_STATUS_OK; /* device contents: see cuda/cuda.h */
     const int32_t *c = cu->data;
     const int64_t s = cu->stride[0], n = cu->shape[0];
     if (c[0] != 0) return INVALID("%s: must start at 0, got %d", name, (int)c[0]);
@@ -428,7 +537,6 @@ enum cflash_status check_cu_seqlens(const char *name, const char *hint_name,
         return INVALID("%s: last entry must equal the total token count %lld, got %d", name, (long long)total, (int)c[(n - 1) * s]);
     if (hint >= 0 && hint < maxlen)
         return INVALID("%s: hint %lld is smaller than the longest sequence (%lld)", hint_name, (long long)hint, (long long)maxlen);
-    if (hint < -1) return INVALID("%s: must be >= 0, or -1 for not given, got %lld", hint_name, (long long)hint);
     return CFLASH_STATUS_OK;
 }
 
@@ -445,11 +553,18 @@ enum cflash_status cflash_attn_varlen(const struct cflash_tensor *q, const struc
     int64_t Hq = 0, Hk = 0, D = 0, Dv = 0;
     CHECK(check_qkvo(3, q, k, v, out, &Hq, &Hk, &D, &Dv));
     const int64_t Tq = q->shape[0], Tk = k->shape[0];
+    CHECK(check_device("cu_seqlens_q", cu_seqlens_q, q));
+    CHECK(check_device("cu_seqlens_k", cu_seqlens_k, q));
     CHECK(check_cu_seqlens("cu_seqlens_q", "max_seqlen_q", cu_seqlens_q, -1, Tq, max_seqlen_q));
     const int64_t B = cu_seqlens_q->shape[0] - 1;
     CHECK(check_cu_seqlens("cu_seqlens_k", "max_seqlen_k", cu_seqlens_k, B, Tk, max_seqlen_k));
     CHECK(check_lse(lse, 0, 1, Hq, Tq));
     CHECK(check_params(p, B, Hq));
+    CHECK(check_call_devices(q, lse, p));
+#ifdef CFLASH_HAVE_CUDA
+    if (q->device == CFLASH_DEVICE_CUDA) /* before anything reads cu_seqlens on the host */
+        return cuda_route(3, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q);
+#endif
     const int32_t *cq = cu_seqlens_q->data, *ck = cu_seqlens_k->data;
     const int64_t sq = cu_seqlens_q->stride[0], sk = cu_seqlens_k->stride[0];
     int64_t maxq = 0, maxk = 0;
@@ -485,6 +600,9 @@ enum cflash_status cflash_attn_range(const struct cflash_tensor *q, const struct
     const struct cflash_attn_params defaults = CFLASH_ATTN_PARAMS_INIT;
     const struct cflash_attn_params *p = params ? params : &defaults;
     int64_t Hq = 0, Hk = 0, D = 0, Dv = 0;
+    CHECK(require_cpu("q", q));
+    CHECK(require_cpu("lse", lse));
+    CHECK(require_cpu_params(p));
     CHECK(check_qkvo(3, q, k, v, out, &Hq, &Hk, &D, &Dv));
     if (!plan) return INVALID("plan: must not be NULL");
     const int64_t Tq = q->shape[0], Tk = k->shape[0];
@@ -552,6 +670,14 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
     if (!cache) return INVALID("cache: must not be NULL");
     const struct cflash_tensor *kc = cache->k_cache, *vc = cache->v_cache;
     const struct cflash_tensor *bt = cache->block_table, *bidx = cache->cache_batch_idx;
+    {
+        const struct cflash_tensor *all[] = {q, kc, vc, cache->cache_seqlens, bidx, bt, cache->rotary_cos,
+                                             cache->rotary_sin, k_new, v_new, out, lse};
+        const char *names[] = {"q", "k_cache", "v_cache", "cache_seqlens", "cache_batch_idx", "block_table",
+                               "rotary_cos", "rotary_sin", "k_new", "v_new", "out", "lse"};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) CHECK(require_cpu(names[i], all[i]));
+        CHECK(require_cpu_params(p));
+    }
     int64_t Hq = 0, Hk = 0, D = 0, Dv = 0;
     /* q, the caches and out share check_qkvo's rules (k_cache plays k, v_cache v) except the
      * batch axis: the cache's first axis is Bc or num_pages */
@@ -782,6 +908,12 @@ enum cflash_status cflash_merge(const struct cflash_tensor *o1, const struct cfl
                                 const struct cflash_tensor *out,
                                 const struct cflash_tensor *lse_out) {
     if (!o1) return INVALID("o1: must not be NULL");
+    CHECK(require_cpu("o1", o1));
+    CHECK(require_cpu("lse1", lse1));
+    CHECK(require_cpu("o2", o2));
+    CHECK(require_cpu("lse2", lse2));
+    CHECK(require_cpu("out", out));
+    CHECK(require_cpu("lse_out", lse_out));
     const int rank = o1->ndim;
     if (rank != 3 && rank != 4) return INVALID("o1: must have 3 ([T, H, Dv]) or 4 ([B, L, H, Dv]) dimensions, got %d", (int)o1->ndim);
     CHECK(check_tensor("o1", o1, rank));

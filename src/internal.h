@@ -101,6 +101,9 @@ enum cflash_status cflash_set_error(enum cflash_status st, const char *fmt, ...)
 const char *api_dtype_name(enum cflash_dtype t);
 /* rank, dtype, device, shape, strides below 2^53, data != NULL when non-empty */
 enum cflash_status check_tensor(const char *name, const struct cflash_tensor *t, int ndim);
+enum cflash_status check_device(const char *name, const struct cflash_tensor *t, const struct cflash_tensor *q);
+enum cflash_status require_cpu(const char *name, const struct cflash_tensor *t);
+enum cflash_status require_cpu_params(const struct cflash_attn_params *p);
 enum cflash_status check_float(const char *name, const struct cflash_tensor *t);
 enum cflash_status check_dtype(const char *name, const struct cflash_tensor *t, enum cflash_dtype want);
 enum cflash_status check_dim(const char *name, const struct cflash_tensor *t, int axis,

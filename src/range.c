@@ -77,6 +77,9 @@ enum cflash_status cflash_range_plan_create(cflash_range_plan_t *out_plan,
     if (!out_plan) return INVALID("plan: must not be NULL");
     if (Tq < 0 || Tq > ((int64_t)1 << 40)) return INVALID("Tq: must be in [0, 2^40], got %lld", (long long)Tq);
     if (Tk < 0 || Tk > ((int64_t)1 << 40)) return INVALID("Tk: must be in [0, 2^40], got %lld", (long long)Tk);
+    if ((st = require_cpu("q_ranges", q_ranges)) || (st = require_cpu("k_ranges", k_ranges)) ||
+        (st = require_cpu("attn_type_map", attn_type_map)) || (st = require_cpu("segment_offsets", segment_offsets)))
+        return st;
     if ((st = check_int_tensor("q_ranges", q_ranges, 2, -1, 2))) return st;
     const int64_t n = q_ranges->shape[0];
     if ((st = check_int_tensor("k_ranges", k_ranges, 2, n, 2))) return st;

@@ -536,7 +536,10 @@ static void check_inner(struct check_ctx *x)
     tbuf_poison(&x->out, POISON);
     tbuf_poison(&x->lse, POISON);
     const struct cflash_tensor *lsep = c->lse_mode == LSE_NONE ? NULL : &x->lse.t;
-    CHECK_STATUS(attn_call(s, c->kernel, c->threads, &x->out.t, lsep), CFLASH_STATUS_OK);
+    if (c->cuda)
+        CHECK_STATUS(cuda_attn_call(s, &x->out, lsep ? &x->lse : NULL), CFLASH_STATUS_OK);
+    else
+        CHECK_STATUS(attn_call(s, c->kernel, c->threads, &x->out.t, lsep), CFLASH_STATUS_OK);
     int64_t gaps = tbuf_gap_changes(&x->out, POISON);
     CHECK(gaps == 0, "%lld bytes of out outside the view were written", (long long)gaps);
     if (lsep) {
@@ -544,7 +547,7 @@ static void check_inner(struct check_ctx *x)
         CHECK(gaps == 0, "%lld bytes of lse outside the view were written", (long long)gaps);
     }
     char who[64];
-    snprintf(who, sizeof who, "%s(%s out)", kname(c->kernel), dtype_name(odt));
+    snprintf(who, sizeof who, "%s(%s out)", c->cuda ? "cuda" : kname(c->kernel), dtype_name(odt));
     if (!check_rows_exact(x, &x->out.t, lsep, who))
         return;
     if (!attn_compare_ref(&x->s, &x->oref.t, &x->lref.t, &x->out.t, lsep, half, e_naive, who))
@@ -553,7 +556,7 @@ static void check_inner(struct check_ctx *x)
 
 void attn_check_case(const struct attn_cfg *c)
 {
-    if (!require_kernel(c->kernel))
+    if (c->cuda ? !cuda_require_device() : !require_kernel(c->kernel))
         return;
     struct check_ctx *x = calloc(1, sizeof *x);
     attn_setup(&x->s, c);

@@ -38,6 +38,7 @@ struct attn_cfg {
     float qk_sd;          /* standard deviation of q and k (0: 1) */
     int kv_bcast;         /* dense: k and v stored once, batch stride 0 */
     uint64_t seed;
+    int cuda;             /* run the call under test on the GPU (tests/cuda_mirror.c) */
 };
 
 /* A config with the defaults: fp32, B=1, no masks, contiguous, seed from nothing. */
@@ -84,5 +85,12 @@ int attn_compare_ref(const struct attn_setup *s, const struct cflash_tensor *ore
 /* The whole check of one configuration: c->kernel against the reference kernel (and, for the
  * reference kernel itself, against the test's own fp64 oracle). Records failures. */
 void attn_check_case(const struct attn_cfg *c);
+
+/* ---- the GPU (tests/cuda_mirror.c; stubs that skip in builds without CUDA) ---- */
+/* 1 when a CUDA device can run the tests; else records a skip saying why and returns 0. */
+int cuda_require_device(void);
+/* attn_call on the GPU: every input and output allocation is mirrored to device memory (gaps
+ * included), the call runs on the default stream, and out / lse (whole allocations) come back. */
+enum cflash_status cuda_attn_call(const struct attn_setup *s, struct tbuf *out, struct tbuf *lse);
 
 #endif

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# scripts/gpu_check.sh - everything the GPU machine checks, in one command (the device tool runs
+# it from the repository root; about 30 minutes of GPU time per session, so one call does all):
+#   1. build with the CUDA backend for the GPU at hand (sm_90 on an H100/H200),
+#   2. the C test group `cuda` (every GPU case against the CPU fp64 reference kernel),
+#   3. compute-sanitizer memcheck and racecheck over a representative subset,
+#   4. pytest on the GPU (when the Python package is built with CUDA; skipped with the reason
+#      otherwise), then the GPU benchmark (bench/bench_gpu.py) unless --no-bench,
+# and prints a short table last. Exit status: non-zero if any check failed.
+#
+# Options: --quick (skip the sanitizers), --no-bench, --bench-only, --filter PATTERN (cases).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BUILD=${BUILD:-build-gpu}
+ARCH=${CUDA_ARCH:-90}
+QUICK=0 BENCH=1 TESTS=1 FILTER="^cuda/"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --no-bench) BENCH=0 ;;
+        --bench-only) TESTS=0 ;;
+        --filter) FILTER=$2; shift ;;
+        *) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+declare -a SUMMARY
+status=0
+note() { SUMMARY+=("$(printf '%-28s %s' "$1" "$2")"); }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+t0=$(date +%s)
+if cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCFLASH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
+        -DCFLASH_BUILD_EXAMPLES=OFF > "$BUILD.configure.log" 2>&1 &&
+   cmake --build "$BUILD" -j "$(nproc)" > "$BUILD.build.log" 2>&1; then
+    note build "ok ($(( $(date +%s) - t0 )) s, sm_$ARCH)"
+    grep -E "spill|registers" "$BUILD.build.log" | sort | uniq -c | sort -rn | head -6
+else
+    tail -40 "$BUILD.configure.log" "$BUILD.build.log"
+    note build FAILED
+    printf '%s\n' "${SUMMARY[@]}"
+    exit 1
+fi
+
+if [ "$TESTS" = 1 ]; then
+    out=$("$BUILD/tests/cflash_tests" -k "$FILTER" 2>&1)
+    rc=$?
+    echo "$out" | grep -E "^FAIL|failed" | head -30
+    note "C tests ($FILTER)" "$(echo "$out" | tail -1) rc=$rc"
+    [ $rc = 0 ] || status=1
+    if [ "$QUICK" = 0 ] && command -v compute-sanitizer > /dev/null; then
+        for tool in memcheck racecheck; do
+            # a representative subset: each padded head dim, causal both ways, varlen with empty
+            # sequences, the feature cases of one dtype
+            out=$(compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/tests/cflash_tests" \
+                  -k "^cuda/auto/f16/D=64/Hq=4,Hk=2/Lq=130" -k "^cuda/auto/f16/D=256/Hq=4,Hk=2/Lq=130" \
+                  -k "^cuda/auto/bf16/D=136/" -k "^cuda/auto/bf16/D=128/Hq=4,Hk=2/B=4/Lq=[0," \
+                  -k "^cuda/auto/f16/D=128/Hq=4,Hk=2/Lq=200,Lk=300/" 2>&1)
+            rc=$?
+            echo "$out" | grep -E "ERROR|error|Invalid|Race|no case" | head -10
+            note "sanitizer $tool" "$(echo "$out" | grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' | tail -1) rc=$rc"
+            [ $rc = 0 ] || status=1
+        done
+    fi
+fi
+
+if [ "$BENCH" = 1 ] && [ -f bench/bench_gpu.py ]; then
+    python3 bench/bench_gpu.py --build "$BUILD" || status=1
+fi
+
+echo
+echo "==== gpu_check summary ===="
+printf '%s\n' "${SUMMARY[@]}"
+exit $status

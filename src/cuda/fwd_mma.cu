@@ -1,0 +1,370 @@
+/*
+ * fwd_mma.cu - the prefill kernel family on tensor cores (mma.sync m16n8k16, sm_80 and later):
+ * FlashAttention-2's schedule. One thread block owns BM query rows of one (sequence, head);
+ * each warp owns 16 * MT of them. Per key block of BN keys: S = Q K^T on tensor cores (Q and K
+ * read from shared memory with ldmatrix), the score rules and the online softmax in registers,
+ * then O += P V with P reused from the S accumulators as A fragments (no shared-memory round
+ * trip) and V read with ldmatrix.trans. K and V tiles are loaded with cp.async so that V's copy
+ * overlaps Q K^T and the next K's copy overlaps P V.
+ *
+ * What it is not: the decode kernel (one query row per sequence wastes 15 of 16 mma rows) or a
+ * Hopper wgmma/TMA kernel; both are later files.
+ *
+ * Numerics: fp16/bf16 inputs, fp32 accumulation, softmax in base 2 (scores pre-multiplied by
+ * scale * log2(e)); P is rounded to the input type before P V, as in FlashAttention.
+ */
+#include "cuda/cuda.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+
+extern "C" enum cflash_status cflash_set_error(enum cflash_status st, const char *fmt, ...);
+
+#define LOG2E_F 1.4426950408889634f
+#define LN2_F 0.6931471805599453f
+
+/* ---- small named wrappers around the PTX this kernel needs ---- */
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pred) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    const int n = pred ? 16 : 0; /* 0: no global read, the 16 bytes are zero-filled */
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *smem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *smem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+}
+
+/* c += a (16x16, row) * b (16x8, col), fp32 accumulators */
+__device__ __forceinline__ void mma_m16n8k16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1, __half) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_m16n8k16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1, __nv_bfloat16) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack2(float x, float y, __half) {
+    __half2 h = __floats2half2_rn(x, y);
+    return *(uint32_t *)&h;
+}
+__device__ __forceinline__ uint32_t pack2(float x, float y, __nv_bfloat16) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+    return *(uint32_t *)&h;
+}
+
+/* Shared-memory tiles are rows of DP elements in 16-byte chunks; chunk c of row r is stored at
+ * chunk c ^ (r % 8), so the 8 rows one ldmatrix matrix reads fall in 8 different bank groups. */
+template <int DP>
+__device__ __forceinline__ int swz(int row, int chunk) {
+    return row * DP + ((chunk ^ (row & 7)) << 3);
+}
+
+/* rows x DP tile from global rows g + r * stride (r < valid_rows, chunk < chunks), zeros elsewhere. */
+template <typename T, int DP, int ROWS, int THREADS>
+__device__ __forceinline__ void load_tile(T *s, const T *g, int64_t stride, int valid_rows, int chunks,
+                                          const T *safe) {
+    constexpr int CH = DP / 8;
+    for (int idx = threadIdx.x; idx < ROWS * CH; idx += THREADS) {
+        const int r = idx / CH, c = idx % CH;
+        const bool pred = r < valid_rows && c < chunks;
+        cp_async16(s + swz<DP>(r, c), pred ? g + r * stride + c * 8 : safe, pred);
+    }
+}
+
+/* ---- the tile table: one row per padded head dim (select.c picks the row) ----
+ * MT  m16 tiles per warp (B fragments of K and V are reused MT times: at MT = 1 an H100 SM
+ *     would need two shared-memory reads per mma, more than its bandwidth)
+ * NW  warps per block; BM = 16 * MT * NW query rows, BN keys per step.
+ * D=256 takes MT = 1: O alone is 32 * 4 fp32 registers per thread per m tile. */
+template <int DP> struct fwd_tile;
+template <> struct fwd_tile<64>  { static constexpr int MT = 2, NW = 4, BN = 64; };
+template <> struct fwd_tile<128> { static constexpr int MT = 2, NW = 4, BN = 64; };
+template <> struct fwd_tile<256> { static constexpr int MT = 1, NW = 8, BN = 64; };
+
+template <int DP>
+constexpr int fwd_smem_bytes() {
+    return (16 * fwd_tile<DP>::MT * fwd_tile<DP>::NW + 2 * fwd_tile<DP>::BN) * DP * 2;
+}
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(fwd_tile<DP>::NW * 32)
+fwd_mma_kernel(const struct cuda_fwd f) {
+    constexpr int MT = fwd_tile<DP>::MT, NW = fwd_tile<DP>::NW, BN = fwd_tile<DP>::BN;
+    constexpr int BM = 16 * MT * NW, NT = BN / 8, DT = DP / 8, THREADS = NW * 32;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    T *sQ = (T *)smem_raw, *sK = sQ + BM * DP, *sV = sK + BN * DP;
+
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int mblock = gridDim.x - 1 - blockIdx.x; /* last (longest under causal) blocks first */
+    const int h = blockIdx.y, b = blockIdx.z;
+
+    /* the sequence: dense, or clamped packed metadata (never outside the tensors) */
+    int64_t qorg = 0, korg = 0, Lq = f.Lq, Lk = f.Lk;
+    if (f.cu_q) {
+        int64_t a = f.cu_q[(int64_t)b * f.cu_q_s], e = f.cu_q[(int64_t)(b + 1) * f.cu_q_s];
+        a = a < 0 ? 0 : a > f.Lq ? f.Lq : a;
+        e = e < a ? a : e > f.Lq ? f.Lq : e;
+        qorg = a; Lq = e - a;
+        a = f.cu_k[(int64_t)b * f.cu_k_s]; e = f.cu_k[(int64_t)(b + 1) * f.cu_k_s];
+        a = a < 0 ? 0 : a > f.Lk ? f.Lk : a;
+        e = e < a ? a : e > f.Lk ? f.Lk : e;
+        korg = a; Lk = e - a;
+    }
+    const int row0 = mblock * BM;
+    if (row0 >= Lq) return;
+    const int rows = (int)(Lq - row0 < BM ? Lq - row0 : BM);
+    const int g = h / (f.Hq / f.Hk);
+    const T *Qg = (const T *)f.q + (int64_t)b * f.q_sb + (qorg + row0) * f.q_st + (int64_t)h * f.q_sh;
+    const T *Kg = (const T *)f.k + (int64_t)b * f.k_sb + korg * f.k_st + (int64_t)g * f.k_sh;
+    const T *Vg = (const T *)f.v + (int64_t)b * f.v_sb + korg * f.v_st + (int64_t)g * f.v_sh;
+
+    /* visible keys of local row i: [lo(i), hi(i)] around the diagonal c = i + off */
+    const int64_t off = f.top_left ? 0 : Lk - Lq;
+    const int64_t right = f.causal ? 0 : f.window_right, left = f.window_left;
+    auto lo_of = [&](int64_t i) -> int64_t {
+        const int64_t c = i + off;
+        int64_t lo = left >= 0 ? c - left : 0;
+        return lo < 0 ? 0 : lo > Lk ? Lk : lo;
+    };
+    auto hi_of = [&](int64_t i) -> int64_t {
+        const int64_t c = i + off;
+        int64_t hi = right >= 0 ? c + right : Lk - 1;
+        return hi > Lk - 1 ? Lk - 1 : hi < -1 ? -1 : hi;
+    };
+    const int64_t klo = lo_of(row0), khi = hi_of(row0 + rows - 1);
+    const int nb_lo = (int)(klo / BN), nb_hi = khi >= 0 ? (int)(khi / BN) : -1;
+    /* a key block needs no per-element test when every row sees all of it */
+    const int64_t full_lo = lo_of(row0 + rows - 1), full_hi = hi_of(row0);
+
+    /* this thread's rows (two per m tile: lane / 4 and lane / 4 + 8) and their intervals */
+    int rlo[MT][2], rhi[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            const int64_t i = row0 + warp * 16 * MT + mt * 16 + lane / 4 + hr * 8;
+            rlo[mt][hr] = (int)lo_of(i);
+            rhi[mt][hr] = (int)hi_of(i);
+        }
+    const float slope2 = f.alibi ? f.alibi[(int64_t)b * f.alibi_sb + (int64_t)h * f.alibi_sh] * LOG2E_F : 0.0f;
+    const float scale2 = f.scale * LOG2E_F;
+    const int dq = f.D / 8, dv = f.Dv / 8;
+
+    float o[MT][DT][4];
+    float m[MT][2], l[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.0f;
+        m[mt][0] = m[mt][1] = -INFINITY;
+        l[mt][0] = l[mt][1] = 0.0f;
+    }
+
+    load_tile<T, DP, BM, THREADS>(sQ, Qg, f.q_st, rows, dq, (const T *)f.q);
+    cp_async_commit();
+    if (nb_lo <= nb_hi) {
+        const int c0 = nb_lo * BN;
+        load_tile<T, DP, BN, THREADS>(sK, Kg + c0 * f.k_st, f.k_st, (int)(Lk - c0), dq, (const T *)f.k);
+        cp_async_commit();
+    }
+
+    for (int nb = nb_lo; nb <= nb_hi; nb++) {
+        const int c0 = nb * BN;
+        cp_async_wait_all();
+        __syncthreads(); /* K(nb) landed; every warp finished P V(nb - 1): sV is free */
+        load_tile<T, DP, BN, THREADS>(sV, Vg + c0 * f.v_st, f.v_st, (int)(Lk - c0), dv, (const T *)f.v);
+        cp_async_commit();
+
+        /* S = Q K^T */
+        float s[MT][NT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+#pragma unroll
+        for (int kc = 0; kc < DP / 16; kc++) {
+            if (kc * 2 >= dq) break;
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+                ldmatrix_x4(a[mt], sQ + swz<DP>(warp * 16 * MT + mt * 16 + lane % 16, kc * 2 + lane / 16));
+#pragma unroll
+            for (int np = 0; np < NT / 2; np++) {
+                uint32_t bk[4];
+                ldmatrix_x4(bk, sK + swz<DP>(np * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma_m16n8k16(s[mt][2 * np], a[mt], bk[0], bk[1], T());
+                    mma_m16n8k16(s[mt][2 * np + 1], a[mt], bk[2], bk[3], T());
+                }
+            }
+        }
+
+        /* score rules, in base 2: scale, softcap, ALiBi, the visible interval */
+        const bool need_mask = !(c0 >= full_lo && c0 + BN - 1 <= full_hi);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float x = s[mt][nt][e];
+                    x = f.softcap > 0.0f ? f.softcap * LOG2E_F * tanhf(x * (f.scale / f.softcap)) : x * scale2;
+                    const int hr = e / 2, j = c0 + nt * 8 + 2 * (lane % 4) + (e & 1);
+                    if (f.alibi) {
+                        const int64_t i = row0 + warp * 16 * MT + mt * 16 + lane / 4 + hr * 8;
+                        const int64_t dist = (int64_t)j - i - (Lk - Lq);
+                        x -= slope2 * (float)(dist < 0 ? -dist : dist);
+                    }
+                    if (need_mask && (j < rlo[mt][hr] || j > rhi[mt][hr])) x = -INFINITY;
+                    s[mt][nt][e] = x;
+                }
+
+        /* online softmax: rows are shared by the 4 lanes of a quad */
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hr], s[mt][nt][2 * hr + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float mnew = fmaxf(m[mt][hr], mx);
+                const float muse = mnew == -INFINITY ? 0.0f : mnew; /* no key yet: keep exp2 finite */
+                const float corr = exp2f(m[mt][hr] - muse);
+                m[mt][hr] = mnew;
+                float sum = 0.0f;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    s[mt][nt][2 * hr] = exp2f(s[mt][nt][2 * hr] - muse);
+                    s[mt][nt][2 * hr + 1] = exp2f(s[mt][nt][2 * hr + 1] - muse);
+                    sum += s[mt][nt][2 * hr] + s[mt][nt][2 * hr + 1];
+                }
+                l[mt][hr] = l[mt][hr] * corr + sum;
+#pragma unroll
+                for (int dt = 0; dt < DT; dt++) {
+                    o[mt][dt][2 * hr] *= corr;
+                    o[mt][dt][2 * hr + 1] *= corr;
+                }
+            }
+
+        cp_async_wait_all();
+        __syncthreads(); /* V(nb) landed; every warp finished Q K(nb)^T: sK is free */
+        if (nb < nb_hi) {
+            const int c1 = c0 + BN;
+            load_tile<T, DP, BN, THREADS>(sK, Kg + c1 * f.k_st, f.k_st, (int)(Lk - c1), dq, (const T *)f.k);
+            cp_async_commit();
+        }
+
+        /* O += P V: the S accumulators of n tiles 2kc and 2kc + 1 are the A fragment of keys
+         * [16 kc, 16 kc + 16) */
+#pragma unroll
+        for (int kc = 0; kc < BN / 16; kc++) {
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                a[mt][0] = pack2(s[mt][2 * kc][0], s[mt][2 * kc][1], T());
+                a[mt][1] = pack2(s[mt][2 * kc][2], s[mt][2 * kc][3], T());
+                a[mt][2] = pack2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1], T());
+                a[mt][3] = pack2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3], T());
+            }
+#pragma unroll
+            for (int dp = 0; dp < DP / 16; dp++) {
+                if (dp * 2 >= dv) break;
+                uint32_t bv[4];
+                ldmatrix_x4_trans(bv, sV + swz<DP>(kc * 16 + ((lane / 8) % 2) * 8 + lane % 8, dp * 2 + lane / 16));
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma_m16n8k16(o[mt][2 * dp], a[mt], bv[0], bv[1], T());
+                    mma_m16n8k16(o[mt][2 * dp + 1], a[mt], bv[2], bv[3], T());
+                }
+            }
+        }
+    }
+
+    /* epilogue: row sums across the quad, the sink, 1 / l, stores */
+    const float z2 = f.sinks ? f.sinks[(int64_t)h * f.sinks_sh] * LOG2E_F : -INFINITY;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            float sum = l[mt][hr];
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            float mrow = m[mt][hr], factor = 1.0f;
+            if (f.sinks) {
+                const float mm = fmaxf(mrow, z2);
+                factor = exp2f(mrow - mm);
+                sum = sum * factor + exp2f(z2 - mm);
+                mrow = mm;
+            }
+            const float inv = sum > 0.0f ? factor / sum : 0.0f;
+            const int ir = warp * 16 * MT + mt * 16 + lane / 4 + hr * 8;
+            if (ir >= rows) continue;
+            const int64_t t = qorg + row0 + ir;
+            if (f.out_dtype == CFLASH_DTYPE_F32) {
+                float *orow = (float *)f.out + (int64_t)b * f.o_sb + t * f.o_st + (int64_t)h * f.o_sh;
+#pragma unroll
+                for (int dt = 0; dt < DT; dt++) {
+                    const int col = dt * 8 + 2 * (lane % 4);
+                    if (col < f.Dv)
+                        *(float2 *)(orow + col) = make_float2(o[mt][dt][2 * hr] * inv, o[mt][dt][2 * hr + 1] * inv);
+                }
+            } else {
+                T *orow = (T *)f.out + (int64_t)b * f.o_sb + t * f.o_st + (int64_t)h * f.o_sh;
+#pragma unroll
+                for (int dt = 0; dt < DT; dt++) {
+                    const int col = dt * 8 + 2 * (lane % 4);
+                    if (col < f.Dv)
+                        *(uint32_t *)(orow + col) = pack2(o[mt][dt][2 * hr] * inv, o[mt][dt][2 * hr + 1] * inv, T());
+                }
+            }
+            if (f.lse && lane % 4 == 0)
+                f.lse[(int64_t)b * f.lse_sb + (int64_t)h * f.lse_sh + t * f.lse_st] =
+                    sum > 0.0f ? mrow * LN2_F + logf(sum) : -INFINITY;
+        }
+}
+
+template <typename T, int DP>
+static enum cflash_status launch(const struct cuda_fwd *f) {
+    constexpr int BM = 16 * fwd_tile<DP>::MT * fwd_tile<DP>::NW;
+    constexpr int bytes = fwd_smem_bytes<DP>();
+    const int64_t rows = f->cu_q ? f->max_seqlen_q : f->Lq;
+    if (rows <= 0 || f->B <= 0) return CFLASH_STATUS_OK;
+    const dim3 grid((unsigned)((rows + BM - 1) / BM), (unsigned)f->Hq, (unsigned)f->B);
+    cudaError_t err = cudaFuncSetAttribute(fwd_mma_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (err == cudaSuccess) {
+        fwd_mma_kernel<T, DP><<<grid, fwd_tile<DP>::NW * 32, bytes, (cudaStream_t)f->stream>>>(*f);
+        err = cudaGetLastError();
+    }
+    if (err != cudaSuccess)
+        return cflash_set_error(CFLASH_STATUS_DEVICE_ERROR, "q: CUDA launch of the prefill kernel failed: %s", cudaGetErrorString(err));
+    return CFLASH_STATUS_OK;
+}
+
+extern "C" enum cflash_status cuda_fwd_launch(const struct cuda_fwd *f, enum cuda_fwd_config config) {
+    const bool bf = f->dtype == CFLASH_DTYPE_BF16;
+    switch (config) {
+    case CUDA_FWD_D64: return bf ? launch<__nv_bfloat16, 64>(f) : launch<__half, 64>(f);
+    case CUDA_FWD_D128: return bf ? launch<__nv_bfloat16, 128>(f) : launch<__half, 128>(f);
+    case CUDA_FWD_D256: return bf ? launch<__nv_bfloat16, 256>(f) : launch<__half, 256>(f);
+    }
+    return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: no CUDA kernel for this head dim");
+}

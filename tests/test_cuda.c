@@ -1,0 +1,248 @@
+/*
+ * test_cuda.c - the CUDA backend: the same configurations as test_attn.c, run on the GPU and
+ * compared with the CPU fp64 reference kernel under the SPEC.md section 1 tolerance (poisoned
+ * outputs, gaps checked), and the routing rules that need no GPU: what the CUDA backend does
+ * not serve is UNSUPPORTED, mixed devices are INVALID_ARGUMENT, and without a device a call
+ * returns DEVICE_ERROR instead of crashing.
+ *
+ * GPU cases skip (and say so) in builds without CUDA and on machines without a device.
+ */
+#include "attn_common.h"
+
+#include <stdlib.h>
+#include <string.h>
+#ifdef CFLASH_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+static void run_case(const void *arg) { attn_check_case((const struct attn_cfg *)arg); }
+
+static int n_cases;
+
+static void add(struct attn_cfg c)
+{
+    c.cuda = 1;
+    c.kernel = CFLASH_KERNEL_AUTO;
+    c.seed = 0xc0da0000u + (uint64_t)n_cases++;
+    char name[512];
+    cfg_name(name, sizeof name, "cuda", &c);
+    tcase_add(name, run_case, &c, sizeof c);
+}
+
+static struct attn_cfg base(enum cflash_dtype dt, int D, int Lq, int Lk)
+{
+    struct attn_cfg c = cfg_default();
+    c.dtype = dt;
+    c.D = c.Dv = D;
+    c.Lq = Lq;
+    c.Lk = Lk;
+    c.Hq = 4;
+    c.Hk = 2;
+    return c;
+}
+
+static void add_grid(void)
+{
+    static const enum cflash_dtype dts[2] = {CFLASH_DTYPE_F16, CFLASH_DTYPE_BF16};
+    static const int dims[6] = {64, 128, 256, 40, 96, 136};
+    for (int t = 0; t < 2; t++)
+        for (int d = 0; d < 6; d++)
+            for (int mode = 0; mode < 3; mode++) {
+                struct attn_cfg c = base(dts[t], dims[d], 130, 130);
+                c.B = 2;
+                c.causal = mode > 0;
+                c.align = mode == 2 ? CFLASH_ALIGN_TOP_LEFT : CFLASH_ALIGN_BOTTOM_RIGHT;
+                add(c);
+            }
+    /* odd lengths, Lq != Lk in both directions, both alignments */
+    static const int lens[5][2] = {{1, 17}, {17, 1023}, {1023, 17}, {1, 1023}, {1023, 1023}};
+    for (int i = 0; i < 5; i++)
+        for (int mode = 0; mode < 3; mode++) {
+            struct attn_cfg c = base(CFLASH_DTYPE_F16, 64, lens[i][0], lens[i][1]);
+            c.Hq = 2;
+            c.Hk = 1;
+            c.causal = mode > 0;
+            c.align = mode == 2 ? CFLASH_ALIGN_TOP_LEFT : CFLASH_ALIGN_BOTTOM_RIGHT;
+            add(c);
+        }
+}
+
+static void add_features(void)
+{
+    for (int t = 0; t < 2; t++) {
+        const enum cflash_dtype dt = t ? CFLASH_DTYPE_BF16 : CFLASH_DTYPE_F16;
+        struct attn_cfg c;
+        static const int64_t windows[4][2] = {{32, 0}, {16, 16}, {-1, 8}, {70, -1}};
+        for (int w = 0; w < 4; w++) {
+            c = base(dt, 128, 200, 300);
+            c.wl = windows[w][0];
+            c.wr = windows[w][1];
+            add(c);
+            c.causal = 1;
+            add(c);
+        }
+        c = base(dt, 128, 200, 300); c.softcap = 30.0f; add(c);
+        c = base(dt, 128, 200, 300); c.softcap = 5.0f; c.causal = 1; add(c);
+        c = base(dt, 128, 200, 300); c.alibi = 1; c.causal = 1; add(c);
+        c = base(dt, 128, 200, 300); c.alibi = 2; c.B = 2; add(c);
+        c = base(dt, 128, 200, 300); c.sinks = 1; add(c);
+        c = base(dt, 128, 300, 200); c.sinks = 1; c.causal = 1; add(c); /* empty rows: sink only */
+        c = base(dt, 128, 300, 200); c.causal = 1; add(c);              /* empty rows: 0, -inf */
+        c = base(dt, 128, 200, 300); c.scale = 0.3f; add(c);
+        c = base(dt, 128, 200, 300); c.out_f32 = 1; c.causal = 1; add(c);
+        c = base(dt, 128, 200, 300); c.lse_mode = LSE_NONE; add(c);
+        c = base(dt, 128, 200, 300); c.layout = LAYOUT_BHSD; c.out_layout = OUT_BHSD; c.causal = 1; add(c);
+        c = base(dt, 128, 200, 300); c.vmode = V_NULL; add(c);
+        c = base(dt, 128, 200, 300); c.Dv = 64; add(c);
+        c = base(dt, 64, 200, 300); c.Dv = 128; add(c);
+        c = base(dt, 128, 200, 300); c.vmode = V_VIEW_OF_K; c.Dv = 64; add(c);
+        c = base(dt, 128, 200, 300); c.kv_bcast = 1; c.B = 3; add(c);
+        c = base(dt, 128, 200, 300); c.Hq = 8; c.Hk = 1; c.causal = 1; add(c);
+        c = base(dt, 64, 200, 300); c.qk_sd = 3.0f; add(c); /* large logits */
+    }
+}
+
+static void add_varlen(void)
+{
+    static const int sets[3][2][4] = {
+        {{0, 17, 130, 1}, {5, 0, 200, 64}},
+        {{1023, 1, 300, 0}, {1023, 700, 0, 9}},
+        {{64, 128, 65, 127}, {64, 128, 65, 127}},
+    };
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < 3; i++)
+            for (int mode = 0; mode < 4; mode++) {
+                struct attn_cfg c = base(t ? CFLASH_DTYPE_BF16 : CFLASH_DTYPE_F16, i == 1 ? 64 : 128, 0, 0);
+                c.varlen = 1;
+                c.B = 4;
+                memcpy(c.lq, sets[i][0], sizeof sets[i][0]);
+                memcpy(c.lk, sets[i][1], sizeof sets[i][1]);
+                c.causal = mode == 1 || mode == 2;
+                c.align = mode == 2 ? CFLASH_ALIGN_TOP_LEFT : CFLASH_ALIGN_BOTTOM_RIGHT;
+                c.hint = mode == 3 ? HINT_EXACT : HINT_NONE;
+                if (mode == 3) {
+                    c.wl = 20;
+                    c.wr = 3;
+                    c.alibi = 2;
+                    c.sinks = 1;
+                }
+                add(c);
+            }
+}
+
+/* ---- routing rules that need no device (fake device pointers: nothing may be launched) ---- */
+
+#define FAKE ((void *)(uintptr_t)0x10000)
+
+static struct cflash_tensor dev4(enum cflash_dtype dt, int64_t B, int64_t L, int64_t H, int64_t D)
+{
+    int64_t sh[4] = {B, L, H, D};
+    struct cflash_tensor t = tdesc(FAKE, dt, 4, sh);
+    t.device = CFLASH_DEVICE_CUDA;
+    return t;
+}
+
+#ifdef CFLASH_HAVE_CUDA
+#define WANT_MIXED CFLASH_STATUS_INVALID_ARGUMENT
+#else
+#define WANT_MIXED CFLASH_STATUS_UNSUPPORTED
+#endif
+
+static void misuse_dense(const void *arg)
+{
+    const int which = *(const int *)arg;
+    enum cflash_dtype dt = CFLASH_DTYPE_F16;
+    int64_t D = 64;
+    if (which == 0) dt = CFLASH_DTYPE_F32;
+    if (which == 1) D = 20;
+    struct cflash_tensor q = dev4(dt, 1, 16, 2, D), k = dev4(dt, 1, 16, 2, D), v = dev4(dt, 1, 16, 2, D),
+                         o = dev4(dt, 1, 16, 2, D);
+    struct cflash_attn_params p = cflash_attn_params_default();
+    uint8_t keep[16];
+    int64_t msh[4] = {1, 1, 1, 16};
+    struct cflash_tensor mask = tdesc(keep, CFLASH_DTYPE_U8, 4, msh);
+    enum cflash_status want = CFLASH_STATUS_UNSUPPORTED;
+    const char *arg_name = "q";
+    if (which == 2) { k.device = CFLASH_DEVICE_CPU; want = WANT_MIXED; arg_name = "k"; }
+    if (which == 3) { p.kernel = CFLASH_KERNEL_REFERENCE; arg_name = "kernel"; }
+    if (which == 4) { mask.device = CFLASH_DEVICE_CUDA; mask.data = FAKE; p.mask = &mask; arg_name = "mask"; }
+    if (which == 5) { q.stride[1] = 2 * 64 + 4; arg_name = "q"; } /* rows not 16-byte aligned */
+    if (which == 6) { o.device_id = 1; want = WANT_MIXED; arg_name = "out"; }
+#ifndef CFLASH_HAVE_CUDA
+    arg_name = "q"; /* every CUDA tensor is refused first */
+#endif
+    CHECK_STATUS(cflash_attn_dense(&q, &k, &v, &o, NULL, &p), want);
+    CHECK(strncmp(cflash_last_error(), arg_name, strlen(arg_name)) == 0, "message \"%s\" does not name %s",
+          cflash_last_error(), arg_name);
+}
+
+static void misuse_entry(const void *arg)
+{
+    const int which = *(const int *)arg;
+    struct cflash_tensor q4 = dev4(CFLASH_DTYPE_F16, 1, 16, 2, 64), k4 = q4, v4 = q4, o4 = q4;
+    int64_t sh3[3] = {16, 2, 64}, shl[2] = {2, 16}, shc[1] = {2};
+    struct cflash_tensor q3 = tdesc(FAKE, CFLASH_DTYPE_F16, 3, sh3), lse = tdesc(FAKE, CFLASH_DTYPE_F32, 2, shl);
+    q3.device = lse.device = CFLASH_DEVICE_CUDA;
+    int32_t cu[2] = {0, 16};
+    struct cflash_tensor cuq = tdesc(cu, CFLASH_DTYPE_I32, 1, shc);
+    enum cflash_status st;
+    if (which == 0) { /* merge */
+        st = cflash_merge(&q3, &lse, &q3, &lse, &q3, &lse);
+    } else if (which == 1) { /* kvcache */
+        int32_t lens[1] = {4};
+        int64_t shs[1] = {1};
+        struct cflash_tensor seqlens = tdesc(lens, CFLASH_DTYPE_I32, 1, shs);
+        struct cflash_kvcache cache = {.k_cache = &k4, .v_cache = &v4, .cache_seqlens = &seqlens};
+        st = cflash_attn_kvcache(&q4, &cache, NULL, NULL, &o4, NULL, NULL);
+    } else if (which == 2) { /* flash-mlm */
+        st = cflash_attn_mlm(&q4, &k4, &v4, NULL, NULL, NULL, &o4, NULL, NULL);
+    } else { /* varlen with host cu_seqlens for device tensors */
+        st = cflash_attn_varlen(&q3, &q3, &q3, &cuq, &cuq, -1, -1, &q3, NULL, NULL);
+#ifdef CFLASH_HAVE_CUDA
+        CHECK(st == CFLASH_STATUS_INVALID_ARGUMENT && strncmp(cflash_last_error(), "cu_seqlens_q", 12) == 0,
+              "host cu_seqlens with device q: %s (%s)", cflash_status_string(st), cflash_last_error());
+        return;
+#endif
+    }
+    CHECK(st == CFLASH_STATUS_UNSUPPORTED, "got %s (%s), want UNSUPPORTED", cflash_status_string(st), cflash_last_error());
+}
+
+/* A valid call on a machine without a GPU: DEVICE_ERROR with a message, never a crash. */
+static void no_device(const void *arg)
+{
+    (void)arg;
+#ifdef CFLASH_HAVE_CUDA
+    int n = 0;
+    if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0) { /* fake pointers must not reach a GPU */
+        tskip("a CUDA device is present (this case checks the no-device path)");
+        return;
+    }
+    struct cflash_tensor q = dev4(CFLASH_DTYPE_F16, 1, 16, 2, 64);
+    struct cflash_attn_params p = cflash_attn_params_default();
+    enum cflash_status st = cflash_attn_dense(&q, &q, &q, &q, NULL, &p);
+    CHECK(st == CFLASH_STATUS_DEVICE_ERROR, "got %s (%s), want DEVICE_ERROR", cflash_status_string(st), cflash_last_error());
+#else
+    tskip("this build has no CUDA backend");
+#endif
+}
+
+void register_cuda_tests(void)
+{
+    add_grid();
+    add_features();
+    add_varlen();
+    static const char *dense_names[7] = {"fp32", "D=20", "mixed_devices", "forced_cpu_kernel", "mask",
+                                         "unaligned_rows", "other_device_id"};
+    for (int i = 0; i < 7; i++) {
+        char name[96];
+        snprintf(name, sizeof name, "cuda/misuse/dense/%s", dense_names[i]);
+        tcase_add(name, misuse_dense, &i, sizeof i);
+    }
+    tcase_add("cuda/no_device", no_device, NULL, 0);
+    static const char *entry_names[4] = {"merge", "kvcache", "mlm", "varlen_host_cu_seqlens"};
+    for (int i = 0; i < 4; i++) {
+        char name[96];
+        snprintf(name, sizeof name, "cuda/misuse/%s", entry_names[i]);
+        tcase_add(name, misuse_entry, &i, sizeof i);
+    }
+}
