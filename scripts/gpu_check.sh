@@ -30,8 +30,16 @@ note() { SUMMARY+=("$(printf '%-28s %s' "$1" "$2")"); }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 t0=$(date +%s)
-if cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCFLASH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
-        -DCFLASH_BUILD_EXAMPLES=OFF > "$BUILD.configure.log" 2>&1 &&
+# the Python extension too when this machine has Python's headers (then pytest runs on the GPU)
+PYEXT=ON
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCFLASH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
+    -DCFLASH_BUILD_EXAMPLES=OFF -DCFLASH_BUILD_PYTHON=ON > "$BUILD.configure.log" 2>&1 || {
+    PYEXT=OFF
+    rm -rf "$BUILD"
+}
+if { [ "$PYEXT" = ON ] || cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCFLASH_CUDA=ON \
+        -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DCFLASH_BUILD_EXAMPLES=OFF -DCFLASH_BUILD_PYTHON=OFF \
+        > "$BUILD.configure.log" 2>&1; } &&
    cmake --build "$BUILD" -j "$(nproc)" > "$BUILD.build.log" 2>&1; then
     note build "ok ($(( $(date +%s) - t0 )) s, sm_$ARCH)"
     grep -E "spill|registers" "$BUILD.build.log" | sort | uniq -c | sort -rn | head -6
@@ -64,7 +72,22 @@ if [ "$TESTS" = 1 ]; then
     fi
 fi
 
-if [ "$BENCH" = 1 ] && [ -f bench/bench_gpu.py ]; then
+if [ "$PYEXT" = ON ]; then
+    cp "$BUILD"/python/_cflash*.so python/cflash/
+    if [ "$TESTS" = 1 ]; then
+        # the GPU tests and the DLPack/error rules (the rest is CPU-only and runs in CI)
+        out=$(PYTHONPATH=python python3 -m pytest -q -p no:cacheprovider python/tests/test_gpu.py \
+              python/tests/test_dlpack.py python/tests/test_errors.py 2>&1)
+        rc=$?
+        echo "$out" | grep -E "FAILED|Error" | head -20
+        note "pytest (GPU machine)" "$(echo "$out" | tail -1) rc=$rc"
+        [ $rc = 0 ] || status=1
+    fi
+else
+    note "pytest (GPU machine)" "skipped: no Python headers for the extension"
+fi
+
+if [ "$BENCH" = 1 ] && [ "$PYEXT" = ON ] && [ -f bench/bench_gpu.py ]; then
     python3 bench/bench_gpu.py --build "$BUILD" || status=1
 fi
 

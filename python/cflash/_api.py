@@ -117,11 +117,15 @@ def _outputs(q, out, out_shape, out_dtype, lse, lse_shape, return_lse, names=("q
 
 
 def _enter(function, q, k, D, Lq, Lk, params, extra=""):
-    """What every call does before the kernel: the CFLASH_BACKEND check and, with CFLASH_TRACE=1,
-    the call count (Lq / Lk: lengths for dense calls, token totals for packed ones)."""
+    """What every call does before the kernel: the CFLASH_BACKEND check, the CUDA stream of a GPU
+    call (the framework's current stream: the kernel is queued there, nothing waits) and, with
+    CFLASH_TRACE=1, the call count (Lq / Lk: lengths for dense calls, token totals for packed ones)."""
     _env.check_backend(q, "q")
     if k is not None:
         _env.check_backend(k, "k")
+    stream = _env.stream_of(q)
+    if stream is not None:
+        params["stream"] = stream
     if _env.TRACE:
         _env.record(function, dtype_of(q), D, Lq, Lk, params, extra)
 

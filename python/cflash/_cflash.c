@@ -68,7 +68,20 @@ struct dl_ref {
 struct dl_args {
     struct dl_ref ref[DL_ARGS_MAX];
     int n;
+    long long stream; /* the call's CUDA stream (keyword `stream`; 0 = the legacy default) */
 };
+
+/* The tensors of an attention call are exported on its stream: a CUDA producer then orders
+ * its pending work before the call (DLPack's stream argument), so nothing waits on the host. */
+static void args_init(struct dl_args *a, PyObject *kwargs) {
+    a->n = 0;
+    a->stream = 0;
+    PyObject *s = kwargs ? PyDict_GetItemString(kwargs, "stream") : NULL;
+    if (s && PyLong_Check(s)) {
+        a->stream = PyLong_AsLongLong(s);
+        if (a->stream == -1 && PyErr_Occurred()) { PyErr_Clear(); a->stream = 0; }
+    }
+}
 
 static void dl_release(struct dl_ref *r) {
     if (r->versioned && r->versioned->deleter) r->versioned->deleter(r->versioned);
@@ -102,24 +115,29 @@ static void dl_dtype_str(DLDataType d, char *buf, size_t size) {
     else snprintf(buf, size, "%s%ux%u", c, (unsigned)d.bits, (unsigned)d.lanes);
 }
 
+/* GPU memory the CUDA backend reads (pinned host memory, kDLCUDAHost, is host memory: CPU). */
 static int is_cuda_device(int type) {
-    return type == kDLCUDA || type == kDLCUDAHost || type == kDLCUDAManaged;
+    return type == kDLCUDA || type == kDLCUDAManaged;
 }
 
-/* Device of a DLPack device type: 0 for the CPU, else -1 with NotImplementedError (the CUDA
- * backend is a later build; other devices are not served). */
+/* 0 for a device this build serves (the CPU, and CUDA GPUs in a build with the CUDA backend),
+ * else -1 with NotImplementedError. */
 static int dl_check_device(const char *name, int type) {
-    if (type == kDLCPU) return 0;
+    if (type == kDLCPU || type == kDLCUDAHost) return 0;
+#ifdef CFLASH_HAVE_CUDA
+    if (is_cuda_device(type)) return 0;
+#endif
     if (is_cuda_device(type))
         PyErr_Format(PyExc_NotImplementedError, "%s: a CUDA tensor: CUDA backend not built (this cflash is CPU-only)", name);
     else
-        PyErr_Format(PyExc_NotImplementedError, "%s: DLPack device type %d is not supported (CPU tensors only)", name, type);
+        PyErr_Format(PyExc_NotImplementedError, "%s: DLPack device type %d is not supported (CPU and CUDA tensors only)", name, type);
     return -1;
 }
 
 /* obj.__dlpack_device__() checked before export, so that no producer is asked for a device
  * tensor (a CUDA producer would want a stream). Objects without it are checked after export. */
-static int dl_precheck_device(const char *name, PyObject *obj) {
+static int dl_precheck_device(const char *name, PyObject *obj, int *is_cuda) {
+    *is_cuda = 0;
     PyObject *dev = PyObject_CallMethod(obj, "__dlpack_device__", NULL);
     if (!dev) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
@@ -134,20 +152,33 @@ static int dl_precheck_device(const char *name, PyObject *obj) {
         PyErr_Format(PyExc_TypeError, "%s: __dlpack_device__() must return (device_type, device_id)", name);
         return -1;
     }
+    *is_cuda = is_cuda_device((int)type);
     return dl_check_device(name, (int)type);
 }
 
 /* obj.__dlpack__(max_version=(1, 0)), or obj.__dlpack__() for producers older than DLPack 1.0
  * (they reject the keyword with TypeError). */
-static PyObject *dl_export(PyObject *meth) {
+static PyObject *dl_export(PyObject *meth, int is_cuda, long long stream) {
     PyObject *empty = PyTuple_New(0);
-    PyObject *kw = Py_BuildValue("{s:(ii)}", "max_version", DL_REQUEST_MAJOR, DL_REQUEST_MINOR);
+    /* CUDA producers get the consumer's stream (DLPack: 1 = the legacy default stream, 0 is
+     * not allowed); CPU producers get none */
+    PyObject *kw = is_cuda ? Py_BuildValue("{s:(ii),s:L}", "max_version", DL_REQUEST_MAJOR, DL_REQUEST_MINOR,
+                                           "stream", stream ? stream : 1LL)
+                           : Py_BuildValue("{s:(ii)}", "max_version", DL_REQUEST_MAJOR, DL_REQUEST_MINOR);
     PyObject *cap = empty && kw ? PyObject_Call(meth, empty, kw) : NULL;
     Py_XDECREF(empty);
     Py_XDECREF(kw);
     if (!cap && PyErr_ExceptionMatches(PyExc_TypeError)) {
         PyErr_Clear();
-        cap = PyObject_CallObject(meth, NULL);
+        if (is_cuda) {
+            kw = Py_BuildValue("{s:L}", "stream", stream ? stream : 1LL);
+            empty = PyTuple_New(0);
+            cap = empty && kw ? PyObject_Call(meth, empty, kw) : NULL;
+            Py_XDECREF(empty);
+            Py_XDECREF(kw);
+        } else {
+            cap = PyObject_CallObject(meth, NULL);
+        }
     }
     return cap;
 }
@@ -197,26 +228,27 @@ static int dl_fill(const char *name, const DLTensor *dl, int readonly, int flags
         PyErr_Format(PyExc_ValueError, "%s: data is not aligned to its %lld-byte elements", name, (long long)es);
         return -1;
     }
-    t->device = CFLASH_DEVICE_CPU;
-    t->device_id = 0;
+    t->device = is_cuda_device((int)dl->device.device_type) ? CFLASH_DEVICE_CUDA : CFLASH_DEVICE_CPU;
+    t->device_id = t->device == CFLASH_DEVICE_CUDA ? dl->device.device_id : 0;
     return 0;
 }
 
 /* Import one DLPack object into r (the caller releases r, also on error). The capsule is
  * renamed "used_dltensor[_versioned]" as the protocol requires: its producer's destructor then
  * leaves the tensor to us, and dl_release() calls the deleter. */
-static int dl_import(const char *name, PyObject *obj, int flags, struct dl_ref *r) {
+static int dl_import(const char *name, PyObject *obj, int flags, long long stream, struct dl_ref *r) {
     PyObject *meth = PyObject_GetAttrString(obj, "__dlpack__");
     if (!meth) {
         PyErr_Clear();
         PyErr_Format(PyExc_TypeError, "%s: expected a DLPack tensor (an object with __dlpack__), got %s", name, Py_TYPE(obj)->tp_name);
         return -1;
     }
-    if (dl_precheck_device(name, obj)) {
+    int is_cuda;
+    if (dl_precheck_device(name, obj, &is_cuda)) {
         Py_DECREF(meth);
         return -1;
     }
-    PyObject *cap = dl_export(meth);
+    PyObject *cap = dl_export(meth, is_cuda, stream);
     Py_DECREF(meth);
     if (!cap) return -1;
     const DLTensor *dl = NULL;
@@ -259,7 +291,7 @@ static int dl_get(struct dl_args *a, const char *name, PyObject *obj, int flags,
     }
     struct dl_ref *r = &a->ref[a->n++];
     memset(r, 0, sizeof *r);
-    if (dl_import(name, obj, flags, r)) return -1;
+    if (dl_import(name, obj, flags, a->stream, r)) return -1;
     *t = &r->t;
     return 0;
 }
@@ -296,19 +328,19 @@ static PyObject *finish(struct dl_args *a, enum cflash_status st) {
 static int parse_params(const char *fname, PyObject *kwargs, struct dl_args *a, struct cflash_attn_params *p) {
     static char *names[] = {"scale", "softcap", "causal", "align", "window_left", "window_right",
                             "alibi_slopes", "sinks", "num_threads", "kernel", "mask",
-                            "mask_layout", "bias", "bias_layout", NULL};
+                            "mask_layout", "bias", "bias_layout", "stream", NULL};
     *p = cflash_attn_params_default();
     PyObject *alibi = Py_None, *sinks = Py_None, *mask = Py_None, *bias = Py_None;
     int causal = p->causal, align = (int)p->align, kernel = (int)p->kernel;
     int mask_layout = (int)p->mask_layout, bias_layout = (int)p->bias_layout, threads = p->num_threads;
-    long long wl = p->window_left, wr = p->window_right;
+    long long wl = p->window_left, wr = p->window_right, stream = 0;
     char fmt[64];
-    snprintf(fmt, sizeof fmt, "|$ffpiLLOOiiOiOi:%s", fname);
+    snprintf(fmt, sizeof fmt, "|$ffpiLLOOiiOiOiL:%s", fname);
     PyObject *empty = PyTuple_New(0);
     if (!empty) return -1;
     const int ok = PyArg_ParseTupleAndKeywords(empty, kwargs, fmt, names, &p->scale, &p->softcap,
                                                &causal, &align, &wl, &wr, &alibi, &sinks, &threads,
-                                               &kernel, &mask, &mask_layout, &bias, &bias_layout);
+                                               &kernel, &mask, &mask_layout, &bias, &bias_layout, &stream);
     Py_DECREF(empty);
     if (!ok) return -1;
     p->causal = causal;
@@ -319,6 +351,7 @@ static int parse_params(const char *fname, PyObject *kwargs, struct dl_args *a, 
     p->kernel = (enum cflash_kernel)kernel;
     p->mask_layout = (enum cflash_layout)mask_layout;
     p->bias_layout = (enum cflash_layout)bias_layout;
+    p->cuda_stream = (void *)(intptr_t)stream; /* a cudaStream_t; 0, 1 and 2 are CUDA's own */
     if (dl_get(a, "alibi_slopes", alibi, ARG_OPTIONAL, &p->alibi_slopes)) return -1;
     if (dl_get(a, "sinks", sinks, ARG_OPTIONAL, &p->sinks)) return -1;
     if (dl_get(a, "mask", mask, ARG_OPTIONAL, &p->mask)) return -1;
@@ -549,7 +582,8 @@ static PyTypeObject ContextCacheType = {
 static PyObject *py_attn_dense(PyObject *self, PyObject *args, PyObject *kwargs) {
     PyObject *q, *k, *v, *out, *lse;
     if (!PyArg_ParseTuple(args, "OOOOO:attn_dense", &q, &k, &v, &out, &lse)) return NULL;
-    struct dl_args a = {.n = 0};
+    struct dl_args a;
+    args_init(&a, kwargs);
     const struct cflash_tensor *tq, *tk, *tv, *to, *tl;
     struct cflash_attn_params p;
     if (dl_get(&a, "q", q, 0, &tq) || dl_get(&a, "k", k, 0, &tk) || dl_get(&a, "v", v, ARG_OPTIONAL, &tv) ||
@@ -567,7 +601,8 @@ static PyObject *py_attn_varlen(PyObject *self, PyObject *args, PyObject *kwargs
     PyObject *q, *k, *v, *cq, *ck, *out, *lse;
     long long mq, mk;
     if (!PyArg_ParseTuple(args, "OOOOOLLOO:attn_varlen", &q, &k, &v, &cq, &ck, &mq, &mk, &out, &lse)) return NULL;
-    struct dl_args a = {.n = 0};
+    struct dl_args a;
+    args_init(&a, kwargs);
     const struct cflash_tensor *tq, *tk, *tv, *tcq, *tck, *to, *tl;
     struct cflash_attn_params p;
     if (dl_get(&a, "q", q, 0, &tq) || dl_get(&a, "k", k, 0, &tk) || dl_get(&a, "v", v, ARG_OPTIONAL, &tv) ||
@@ -589,7 +624,8 @@ static PyObject *py_attn_range(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_Format(PyExc_TypeError, "plan: expected a RangePlan, got %s", Py_TYPE(plan)->tp_name);
         return NULL;
     }
-    struct dl_args a = {.n = 0};
+    struct dl_args a;
+    args_init(&a, kwargs);
     const struct cflash_tensor *tq, *tk, *tv, *to, *tl;
     struct cflash_attn_params p;
     if (dl_get(&a, "q", q, 0, &tq) || dl_get(&a, "k", k, 0, &tk) || dl_get(&a, "v", v, ARG_OPTIONAL, &tv) ||
@@ -610,7 +646,8 @@ static PyObject *py_attn_kvcache(PyObject *self, PyObject *args, PyObject *kwarg
     if (!PyArg_ParseTuple(args, "OOOOOOOOpOOOO:attn_kvcache", &q, &kc, &vc, &seqlens, &bidx, &bt, &rcos,
                           &rsin, &interleaved, &kn, &vn, &out, &lse))
         return NULL;
-    struct dl_args a = {.n = 0};
+    struct dl_args a;
+    args_init(&a, kwargs);
     struct cflash_kvcache cache;
     memset(&cache, 0, sizeof cache);
     const struct cflash_tensor *tq, *tkn, *tvn, *to, *tl;
@@ -647,7 +684,8 @@ static PyObject *py_attn_mlm(PyObject *self, PyObject *args, PyObject *kwargs) {
         return NULL;
     }
     ContextCacheObject *cc = cache == Py_None ? NULL : (ContextCacheObject *)cache; /* args keeps it alive */
-    struct dl_args a = {.n = 0};
+    struct dl_args a;
+    args_init(&a, kwargs);
     const struct cflash_tensor *tq, *tk, *tv, *tcq, *tck, *to, *tl;
     struct cflash_mlm_args m;
     memset(&m, 0, sizeof m);
@@ -1008,6 +1046,11 @@ PyMODINIT_FUNC PyInit__cflash(void) {
         {"VERSION_MAJOR", CFLASH_VERSION_MAJOR}, {"VERSION_MINOR", CFLASH_VERSION_MINOR},
         {"VERSION_PATCH", CFLASH_VERSION_PATCH}, {"MAX_HEAD_DIM", CFLASH_MAX_HEAD_DIM},
         {"KERNEL_COUNT", CFLASH_KERNEL_COUNT},
+#ifdef CFLASH_HAVE_CUDA
+        {"HAVE_CUDA", 1},
+#else
+        {"HAVE_CUDA", 0},
+#endif
         {"STATUS_OK", CFLASH_STATUS_OK}, {"STATUS_INVALID_ARGUMENT", CFLASH_STATUS_INVALID_ARGUMENT},
         {"STATUS_UNSUPPORTED", CFLASH_STATUS_UNSUPPORTED}, {"STATUS_OUT_OF_MEMORY", CFLASH_STATUS_OUT_OF_MEMORY},
         {"STATUS_DEVICE_ERROR", CFLASH_STATUS_DEVICE_ERROR},

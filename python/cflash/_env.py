@@ -57,6 +57,22 @@ def check_backend(x, name="q"):
                                   f"move the tensors)")
 
 
+def stream_of(x):
+    """The CUDA stream a call on x runs on: the framework's current stream for x's device (torch:
+    torch.cuda.current_stream; CuPy: cupy.cuda.get_current_stream), 0 (the legacy default
+    stream) for others; None for CPU tensors."""
+    if _device_type(x) not in (2, 13):
+        return None
+    module = type(x).__module__.partition(".")[0]
+    if module == "torch":
+        import torch
+        return torch.cuda.current_stream(x.device).cuda_stream
+    if module == "cupy":
+        import cupy
+        return cupy.cuda.get_current_stream().ptr
+    return 0
+
+
 def _kind(params, extra):
     parts = [extra] if extra else []
     if params.get("causal"):

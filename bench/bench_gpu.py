@@ -1,0 +1,224 @@
+"""GPU benchmark: cflash's CUDA backend against torch SDPA's cuDNN and FlashAttention-2 backends
+(and FlexAttention for masks), measured in the same run (PERF.md protocol).
+
+    python3 bench/bench_gpu.py [--build build-gpu] [--quick] [--filter SUBSTR] [--out FILE]
+
+Run on the GPU machine by scripts/gpu_check.sh (which builds the extension into --build and
+puts it beside python/cflash). Every case is checked before it is timed: our output against an
+fp32 reference on one (batch, head) slice (L <= 4096) or on a slice of rows, under the SPEC.md
+section 1 rule with FA2's error as the same-precision yardstick (ours <= 2 * FA2's + 1e-3).
+Timing: CUDA events, 3 warm-ups, median of 20 (PERF.md section 1); the output is poisoned
+with NaN before the timed runs and must be finite after.
+FLOPs: 2 * B * Hq * sum over rows of visible keys * (D + Dv) (useful FLOPs; non-causal square:
+4 * B * Hq * L^2 * D). Results: bench/results/gpu_prefill.json (PERF.md section 5), and a
+table on stdout.
+"""
+
+import argparse
+import datetime
+import glob
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_cflash(build):
+    """Import cflash from python/ with the CUDA-built extension of `build` beside it."""
+    for so in glob.glob(os.path.join(ROOT, build, "python", "_cflash*.so")):
+        shutil.copy(so, os.path.join(ROOT, "python", "cflash", os.path.basename(so)))
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+    import cflash
+    return cflash
+
+
+def time_ms(fn, warmup=3, reps=20):
+    import torch
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def visible_rows(Lq, Lk, causal, window):
+    """Sum over rows of visible keys (bottom-right alignment), exactly."""
+    left, right = window
+    right = 0 if causal else right
+    total = 0
+    off = Lk - Lq
+    if left < 0 and right < 0:
+        return Lq * Lk
+    for i in range(Lq):
+        c = i + off
+        lo = max(0, c - left) if left >= 0 else 0
+        hi = min(Lk - 1, c + right) if right >= 0 else Lk - 1
+        total += max(0, hi - lo + 1)
+    return total
+
+
+def reference_slice(q, k, v, causal, window, softcap, alibi, scale, rows):
+    """fp32 reference of batch 0, head 0, query rows `rows` (q, k, v in [B, L, H, D])."""
+    import torch
+    qs = q[0, rows, 0].float()
+    Hq, Hk = q.shape[2], k.shape[2]
+    ks, vs = k[0, :, 0].float(), v[0, :, 0].float()
+    s = (qs @ ks.T) * scale
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    Lq, Lk = q.shape[1], k.shape[1]
+    i = torch.arange(Lq, device=q.device)[rows].unsqueeze(1)
+    j = torch.arange(Lk, device=q.device).unsqueeze(0)
+    c = i + (Lk - Lq)
+    if alibi is not None:
+        s = s - alibi[0].float() * (j - c).abs()
+    left, right = window
+    right = 0 if causal else right
+    visible = torch.ones_like(s, dtype=torch.bool)
+    if right >= 0:
+        visible &= j <= c + right
+    if left >= 0:
+        visible &= j >= c - left
+    s = s.masked_fill(~visible, float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+    return p @ vs
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default="build-gpu")
+    ap.add_argument("--quick", action="store_true", help="D=128 only, L in {1k, 4k, 16k}")
+    ap.add_argument("--filter", default="")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "gpu_prefill.json"))
+    args = ap.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    cflash = load_cflash(args.build)
+    dev = torch.device("cuda")
+    dt = torch.bfloat16
+    torch.manual_seed(0)
+
+    cases = []  # (name, B, L, Hq, Hk, D, causal, window, softcap, alibi, peers)
+    dims = [128] if args.quick else [64, 128, 256]
+    lens = [1024, 4096, 16384] if args.quick else [512, 1024, 2048, 4096, 8192, 16384]
+    for D in dims:
+        for causal in (False, True):
+            for L in lens:
+                cases.append((f"prefill bf16 D={D} L={L} B={16384 // L} Hq={2048 // D} {'causal' if causal else 'full'}",
+                              16384 // L, L, 2048 // D, 2048 // D, D, causal, (-1, -1), 0.0, False, ("cudnn", "fa2")))
+    # features against our own plain kernel (PERF.md section 3 mask table shape: D=128, Hq=16, B=2, L=8192)
+    feat = [("causal + ALiBi", True, (-1, -1), 0.0, True), ("causal + softcap 30", True, (-1, -1), 30.0, False),
+            ("causal, window 1024", True, (1024, 0), 0.0, False), ("causal (yardstick)", True, (-1, -1), 0.0, False),
+            ("full (yardstick)", False, (-1, -1), 0.0, False)]
+    if not args.quick:
+        for name, causal, window, softcap, alibi in feat:
+            cases.append((f"feature bf16 D=128 L=8192 B=2 Hq=16 {name}", 2, 8192, 16, 16, 128, causal, window,
+                          softcap, alibi, ("fa2",) if window == (-1, -1) and not softcap and not alibi else ()))
+        cases.append(("gqa bf16 D=128 L=16384 B=1 Hq=32 Hk=8 causal", 1, 16384, 32, 8, 128, True, (-1, -1), 0.0,
+                      False, ("cudnn", "fa2")))
+
+    records, rows_out = [], []
+    plain = {}
+    for name, B, L, Hq, Hk, D, causal, window, softcap, alibi, peers in cases:
+        if args.filter and args.filter not in name:
+            continue
+        q = torch.randn(B, L, Hq, D, device=dev, dtype=dt)
+        k = torch.randn(B, L, Hk, D, device=dev, dtype=dt)
+        v = torch.randn(B, L, Hk, D, device=dev, dtype=dt)
+        out = torch.empty_like(q)
+        slopes = (torch.rand(Hq, device=dev, dtype=torch.float32) * 0.1 + 0.01) if alibi else None
+        scale = 1.0 / math.sqrt(D)
+        kw = dict(causal=causal, window=window, softcap=softcap, alibi_slopes=slopes)
+
+        def ours():
+            cflash.attn_dense(q, k, v, out=out, **kw)
+
+        # correctness first
+        out.fill_(float("nan"))
+        ours()
+        torch.cuda.synchronize()
+        rows = slice(0, min(L, 2048)) if L <= 4096 else slice(L - 1024, L)
+        ref = reference_slice(q, k, v, causal, window, softcap, slopes, scale, rows)
+        err = (out[0, rows, 0].float() - ref).abs().max().item()
+        finite = bool(torch.isfinite(out).all().item())
+        # same-precision yardstick: torch SDPA (FA2 when it can serve the call, else math in bf16)
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+        yard = None
+        if not softcap and not alibi and window == (-1, -1):
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION if Hq == Hk else SDPBackend.CUDNN_ATTENTION):
+                o_y = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=Hq != Hk)
+            yard = (o_y.transpose(1, 2)[0, rows, 0].float() - ref).abs().max().item()
+        tol = 2 * (yard if yard is not None else 4e-3) + 1e-3
+        correct = finite and err <= tol
+        ms = time_ms(ours)
+        out.fill_(float("nan"))
+        ours()
+        torch.cuda.synchronize()
+        correct = correct and bool(torch.isfinite(out).all().item())
+        flops = 2 * B * Hq * visible_rows(L, L, causal, window) * (D + D)
+        tf = flops / ms / 1e9
+        if name.startswith("feature") and "yardstick" in name:
+            plain["causal" if causal else "full"] = tf
+        peer_vals = {}
+        for peer in peers:
+            backend = SDPBackend.CUDNN_ATTENTION if peer == "cudnn" else SDPBackend.FLASH_ATTENTION
+            try:
+                with sdpa_kernel(backend):
+                    def run_peer():
+                        F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=Hq != Hk)
+                    peer_vals[peer] = flops / time_ms(run_peer) / 1e9
+            except RuntimeError as e:  # the backend refuses this shape
+                peer_vals[peer] = None
+                print(f"  {peer} refused {name}: {str(e).splitlines()[0][:100]}", file=sys.stderr)
+        for peer, value in peer_vals.items():
+            records.append({"case": name, "unit": "TFLOP/s", "ours": round(tf, 1), "peer": peer,
+                            "peer_value": None if value is None else round(value, 1),
+                            "ratio": None if not value else round(tf / value, 3), "correct": correct,
+                            "max_err": round(err, 5)})
+        if not peers:
+            records.append({"case": name, "unit": "TFLOP/s", "ours": round(tf, 1), "peer": "self_dense",
+                            "peer_value": None, "ratio": None, "correct": correct, "max_err": round(err, 5)})
+        rows_out.append((name, tf, peer_vals.get("cudnn"), peer_vals.get("fa2"), correct, err, tol))
+        del q, k, v, out
+        torch.cuda.empty_cache()
+
+    # feature rows: ratio to our own plain kernel on the same mask family
+    for r in records:
+        if r["case"].startswith("feature") and r["peer"] == "self_dense":
+            base = plain.get("causal" if "causal" in r["case"] else "full")
+            if base:
+                r["peer_value"] = round(base, 1)
+                r["ratio"] = round(r["ours"] / base, 3)
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    result = {"device": torch.cuda.get_device_name(), "commit": commit or "unknown",
+              "date": datetime.date.today().isoformat(), "torch": torch.__version__, "records": records}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    if os.environ.get("OUT"):
+        shutil.copy(args.out, os.path.join(os.environ["OUT"], os.path.basename(args.out)))
+
+    print(f"\n{'case':<62} {'ours':>7} {'cuDNN':>7} {'FA2':>7} {'/FA2':>6} ok  err")
+    for name, tf, cu, fa, ok, err, tol in rows_out:
+        ratio = f"{tf / fa:6.2f}" if fa else "     -"
+        print(f"{name:<62} {tf:7.1f} {cu or 0:7.1f} {fa or 0:7.1f} {ratio} {'y' if ok else 'N'}  {err:.2g}/{tol:.2g}")
+    return 0 if all(r[4] for r in rows_out) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

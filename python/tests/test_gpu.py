@@ -1,0 +1,73 @@
+"""The Python API on GPU tensors (torch CUDA): dense and varlen calls against the fp64 reference,
+the output allocated by torch on the input's device, the call queued on torch's current stream,
+and the calls the CUDA backend does not serve raising NotImplementedError. Skips (saying so)
+without a CUDA build or a GPU; scripts/gpu_check.sh runs it on the GPU machine."""
+
+import numpy as np
+import pytest
+
+import cflash
+import reference
+from cflash import _cflash
+from helpers import check, randn, require
+
+
+@pytest.fixture
+def torch():
+    torch = require("torch")
+    if not _cflash.HAVE_CUDA:
+        pytest.skip("this cflash build has no CUDA backend")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (this machine has none)")
+    return torch
+
+
+def cuda(torch, x, dtype):
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device="cuda", dtype=getattr(torch, dtype))
+
+
+def back(t):
+    return t.float().cpu().numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("D", [64, 128, 256, 72])
+@pytest.mark.parametrize("mask", ["none", "causal", "causal_tl", "window"])
+def test_dense(torch, rng, dtype, D, mask):
+    B, Lq, Lk, Hq, Hk = 2, 77, 130, 4, 2
+    q, k, v = randn(rng, (B, Lq, Hq, D), dtype), randn(rng, (B, Lk, Hk, D), dtype), randn(rng, (B, Lk, Hk, D), dtype)
+    kw = {"none": {}, "causal": dict(causal=True), "causal_tl": dict(causal=True, align="top_left"),
+          "window": dict(window=(20, 5))}[mask]
+    out, lse = cflash.attn_dense(cuda(torch, q, dtype), cuda(torch, k, dtype), cuda(torch, v, dtype), return_lse=True, **kw)
+    assert out.is_cuda and out.dtype == getattr(torch, dtype) and out.shape == (B, Lq, Hq, D)
+    check(back(out), back(lse), lambda rnd: reference.dense(q, k, v, rnd=rnd, **kw), dtype)
+
+
+def test_varlen_bhsd_and_stream(torch, rng):
+    dtype, D, Hq, Hk = "bfloat16", 128, 8, 2
+    lq, lk = [0, 17, 300, 1], [5, 0, 260, 64]
+    cu_q, cu_k = np.cumsum([0] + lq), np.cumsum([0] + lk)
+    q, k, v = randn(rng, (cu_q[-1], Hq, D), dtype), randn(rng, (cu_k[-1], Hk, D), dtype), randn(rng, (cu_k[-1], Hk, D), dtype)
+    tq, tk, tv = cuda(torch, q, dtype), cuda(torch, k, dtype), cuda(torch, v, dtype)
+    cq = torch.tensor(cu_q, dtype=torch.int32, device="cuda")
+    ck = torch.tensor(cu_k, dtype=torch.int32, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):  # queued on the current (side) stream
+        out, lse = cflash.attn_varlen(tq, tk, tv, cq, ck, max(lq), max(lk), causal=True, return_lse=True)
+    stream.synchronize()
+    check(back(out), back(lse), lambda rnd: reference.varlen(q, k, v, cu_q, cu_k, causal=True, rnd=rnd), dtype)
+
+
+def test_unsupported_on_gpu_raise(torch, rng):
+    q = torch.randn(1, 16, 2, 64, device="cuda", dtype=torch.float16)
+    with pytest.raises(NotImplementedError, match="float16 or bfloat16"):
+        cflash.attn_dense(q.float(), q.float(), q.float())
+    mask = torch.ones(1, 1, 1, 16, dtype=torch.bool, device="cuda")
+    out = torch.full_like(q, 7.0)
+    with pytest.raises(NotImplementedError, match="mask"):
+        cflash.attn_dense(q, q, q, mask=mask, out=out)
+    assert (out == 7.0).all()
+    with pytest.raises(ValueError, match="must be on q's device"):
+        cflash.attn_dense(q, q.cpu(), q)
+    with pytest.raises(NotImplementedError, match="not served by the CUDA backend"):
+        cflash.merge(q[0], torch.zeros(2, 16, device="cuda"), q[0], torch.zeros(2, 16, device="cuda"))
