@@ -164,6 +164,10 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         }
     const float slope2 = f.alibi ? f.alibi[(int64_t)b * f.alibi_sb + (int64_t)h * f.alibi_sh] * LOG2E_F : 0.0f;
     const float scale2 = f.scale * LOG2E_F;
+    const bool score_mods = f.softcap > 0.0f || f.alibi;
+    const float softcap2 = f.softcap * LOG2E_F, cap_in = f.softcap > 0.0f ? f.scale / f.softcap : 0.0f;
+    const int row_base = row0 + warp * 16 * MT + lane / 4;       /* this thread's first row */
+    const int diag = (int)(Lk - Lq);                               /* ALiBi's diagonal offset */
     const int dq = f.D / 8, dv = f.Dv / 8;
 
     float o[MT][DT][4];
@@ -216,25 +220,44 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             }
         }
 
-        /* score rules, in base 2: scale, softcap, ALiBi, the visible interval */
-        const bool need_mask = !(c0 >= full_lo && c0 + BN - 1 <= full_hi);
+        /* score rules, in base 2: scale, softcap, ALiBi, the visible interval. Each rule is its
+         * own loop under a block-uniform branch: folded into one loop, the compiler computes
+         * tanh and the ALiBi distance for every score whether or not they are on. */
+        if (score_mods) {
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
+            for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-            for (int nt = 0; nt < NT; nt++)
+                for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float x = s[mt][nt][e];
-                    x = f.softcap > 0.0f ? f.softcap * LOG2E_F * tanhf(x * (f.scale / f.softcap)) : x * scale2;
-                    const int hr = e / 2, j = c0 + nt * 8 + 2 * (lane % 4) + (e & 1);
-                    if (f.alibi) {
-                        const int64_t i = row0 + warp * 16 * MT + mt * 16 + lane / 4 + hr * 8;
-                        const int64_t dist = (int64_t)j - i - (Lk - Lq);
-                        x -= slope2 * (float)(dist < 0 ? -dist : dist);
+                    for (int e = 0; e < 4; e++) {
+                        float x = s[mt][nt][e];
+                        x = f.softcap > 0.0f ? softcap2 * tanhf(x * cap_in) : x * scale2;
+                        if (f.alibi) {
+                            const int i = row_base + mt * 16 + (e / 2) * 8;
+                            const int j = c0 + nt * 8 + 2 * (lane % 4) + (e & 1);
+                            x -= slope2 * fabsf((float)(j - i - diag));
+                        }
+                        s[mt][nt][e] = x;
                     }
-                    if (need_mask && (j < rlo[mt][hr] || j > rhi[mt][hr])) x = -INFINITY;
-                    s[mt][nt][e] = x;
-                }
+        } else {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) s[mt][nt][e] *= scale2;
+        }
+        if (!(c0 >= full_lo && c0 + BN - 1 <= full_hi)) { /* some row does not see all of it */
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int j = c0 + nt * 8 + 2 * (lane % 4) + (e & 1);
+                        if (j < rlo[mt][e / 2] || j > rhi[mt][e / 2]) s[mt][nt][e] = -INFINITY;
+                    }
+        }
 
         /* online softmax: rows are shared by the 4 lanes of a quad */
 #pragma unroll
