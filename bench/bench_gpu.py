@@ -100,7 +100,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default="build-gpu")
     ap.add_argument("--quick", action="store_true", help="D=128 only, L in {1k, 4k, 16k}")
-    ap.add_argument("--filter", default="")
+    ap.add_argument("--filter", default="", help="comma-separated substrings of case names")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "gpu_prefill.json"))
     args = ap.parse_args()
 
@@ -134,7 +134,7 @@ def main():
     records, rows_out = [], []
     plain = {}
     for name, B, L, Hq, Hk, D, causal, window, softcap, alibi, peers in cases:
-        if args.filter and args.filter not in name:
+        if args.filter and not any(f in name for f in args.filter.split(",")):
             continue
         q = torch.randn(B, L, Hq, D, device=dev, dtype=dt)
         k = torch.randn(B, L, Hk, D, device=dev, dtype=dt)

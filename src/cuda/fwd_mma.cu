@@ -24,6 +24,11 @@
 extern "C" enum cflash_status cflash_set_error(enum cflash_status st, const char *fmt, ...);
 
 #define LOG2E_F 1.4426950408889634f
+/* Double-buffered ldmatrix fragments (load the next before this one's mmas); 0 turns it off
+ * (an experiment switch: it costs registers, which the D = 128 tile has none of to spare). */
+#ifndef CFLASH_FWD_PREFETCH
+#define CFLASH_FWD_PREFETCH 1
+#endif
 #define LN2_F 0.6931471805599453f
 
 /* ---- small named wrappers around the PTX this kernel needs ---- */
@@ -94,7 +99,10 @@ __device__ __forceinline__ void load_tile(T *s, const T *g, int64_t stride, int 
  * D=256 takes MT = 1: O alone is 32 * 4 fp32 registers per thread per m tile. */
 template <int DP> struct fwd_tile;
 template <> struct fwd_tile<64>  { static constexpr int MT = 2, NW = 4, BN = 64; };
-template <> struct fwd_tile<128> { static constexpr int MT = 2, NW = 4, BN = 64; };
+#ifndef CFLASH_FWD_BN128 /* experiment switch: keys per step at D = 128 */
+#define CFLASH_FWD_BN128 64
+#endif
+template <> struct fwd_tile<128> { static constexpr int MT = 2, NW = 4, BN = CFLASH_FWD_BN128; };
 template <> struct fwd_tile<256> { static constexpr int MT = 1, NW = 8, BN = 64; };
 
 template <int DP>
@@ -134,40 +142,33 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     const T *Kg = (const T *)f.k + (int64_t)b * f.k_sb + korg * f.k_st + (int64_t)g * f.k_sh;
     const T *Vg = (const T *)f.v + (int64_t)b * f.v_sb + korg * f.v_st + (int64_t)g * f.v_sh;
 
-    /* visible keys of local row i: [lo(i), hi(i)] around the diagonal c = i + off */
-    const int64_t off = f.top_left ? 0 : Lk - Lq;
-    const int64_t right = f.causal ? 0 : f.window_right, left = f.window_left;
-    auto lo_of = [&](int64_t i) -> int64_t {
-        const int64_t c = i + off;
-        int64_t lo = left >= 0 ? c - left : 0;
-        return lo < 0 ? 0 : lo > Lk ? Lk : lo;
+    /* visible keys of local row i: [lo(i), hi(i)] around the diagonal c = i + off. 32-bit from
+     * here on (select.c caps the token counts at 2^31 - 1; window sides are clamped to Lq + Lk,
+     * beyond which they cut nothing): every live register counts at 255 per thread. */
+    const int lq = (int)Lq, lk = (int)Lk;
+    const int off = f.top_left ? 0 : lk - lq;
+    const int64_t cap = (int64_t)lq + lk;
+    const int right = f.causal ? 0 : (int)(f.window_right > cap ? cap : f.window_right);
+    const int left = (int)(f.window_left > cap ? cap : f.window_left);
+    auto lo_of = [=](int i) -> int {
+        const int lo = left >= 0 ? i + off - left : 0;
+        return lo < 0 ? 0 : lo > lk ? lk : lo;
     };
-    auto hi_of = [&](int64_t i) -> int64_t {
-        const int64_t c = i + off;
-        int64_t hi = right >= 0 ? c + right : Lk - 1;
-        return hi > Lk - 1 ? Lk - 1 : hi < -1 ? -1 : hi;
+    auto hi_of = [=](int i) -> int {
+        const int hi = right >= 0 ? i + off + right : lk - 1;
+        return hi > lk - 1 ? lk - 1 : hi < -1 ? -1 : hi;
     };
-    const int64_t klo = lo_of(row0), khi = hi_of(row0 + rows - 1);
-    const int nb_lo = (int)(klo / BN), nb_hi = khi >= 0 ? (int)(khi / BN) : -1;
+    const int klo = lo_of(row0), khi = hi_of(row0 + rows - 1);
+    const int nb_lo = klo / BN, nb_hi = khi >= 0 ? khi / BN : -1;
     /* a key block needs no per-element test when every row sees all of it */
-    const int64_t full_lo = lo_of(row0 + rows - 1), full_hi = hi_of(row0);
-
-    /* this thread's rows (two per m tile: lane / 4 and lane / 4 + 8) and their intervals */
-    int rlo[MT][2], rhi[MT][2];
-#pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-        for (int hr = 0; hr < 2; hr++) {
-            const int64_t i = row0 + warp * 16 * MT + mt * 16 + lane / 4 + hr * 8;
-            rlo[mt][hr] = (int)lo_of(i);
-            rhi[mt][hr] = (int)hi_of(i);
-        }
+    const int full_lo = lo_of(row0 + rows - 1), full_hi = hi_of(row0);
     const float slope2 = f.alibi ? f.alibi[(int64_t)b * f.alibi_sb + (int64_t)h * f.alibi_sh] * LOG2E_F : 0.0f;
     const float scale2 = f.scale * LOG2E_F;
     const bool score_mods = f.softcap > 0.0f || f.alibi;
+    const float sc = score_mods || scale2 <= 0.0f ? 1.0f : scale2; /* scale left for exp2 */
     const float softcap2 = f.softcap * LOG2E_F, cap_in = f.softcap > 0.0f ? f.scale / f.softcap : 0.0f;
     const int row_base = row0 + warp * 16 * MT + lane / 4;       /* this thread's first row */
-    const int diag = (int)(Lk - Lq);                               /* ALiBi's diagonal offset */
+    const int diag = lk - lq;                                      /* ALiBi's diagonal offset */
     const int dq = f.D / 8, dv = f.Dv / 8;
 
     float o[MT][DT][4];
@@ -184,7 +185,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     cp_async_commit();
     if (nb_lo <= nb_hi) {
         const int c0 = nb_lo * BN;
-        load_tile<T, DP, BN, THREADS>(sK, Kg + c0 * f.k_st, f.k_st, (int)(Lk - c0), dq, (const T *)f.k);
+        load_tile<T, DP, BN, THREADS>(sK, Kg + c0 * f.k_st, f.k_st, lk - c0, dq, (const T *)f.k);
         cp_async_commit();
     }
 
@@ -192,7 +193,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         const int c0 = nb * BN;
         cp_async_wait_all();
         __syncthreads(); /* K(nb) landed; every warp finished P V(nb - 1): sV is free */
-        load_tile<T, DP, BN, THREADS>(sV, Vg + c0 * f.v_st, f.v_st, (int)(Lk - c0), dv, (const T *)f.v);
+        load_tile<T, DP, BN, THREADS>(sV, Vg + c0 * f.v_st, f.v_st, lk - c0, dv, (const T *)f.v);
         cp_async_commit();
 
         /* S = Q K^T */
@@ -208,14 +209,20 @@ fwd_mma_kernel(const struct cuda_fwd f) {
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
                 ldmatrix_x4(a[mt], sQ + swz<DP>(warp * 16 * MT + mt * 16 + lane % 16, kc * 2 + lane / 16));
+            /* the next pair of K fragments is loaded before this pair's mmas (double buffer):
+             * the ldmatrix latency hides behind 2 * MT mmas */
+            uint32_t bk[2][4];
+            ldmatrix_x4(bk[0], sK + swz<DP>((lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
 #pragma unroll
             for (int np = 0; np < NT / 2; np++) {
-                uint32_t bk[4];
-                ldmatrix_x4(bk, sK + swz<DP>(np * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
+                if (CFLASH_FWD_PREFETCH && np + 1 < NT / 2)
+                    ldmatrix_x4(bk[(np + 1) & 1], sK + swz<DP>((np + 1) * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
+                if (!CFLASH_FWD_PREFETCH && np > 0)
+                    ldmatrix_x4(bk[np & 1], sK + swz<DP>(np * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
-                    mma_m16n8k16(s[mt][2 * np], a[mt], bk[0], bk[1], T());
-                    mma_m16n8k16(s[mt][2 * np + 1], a[mt], bk[2], bk[3], T());
+                    mma_m16n8k16(s[mt][2 * np], a[mt], bk[np & 1][0], bk[np & 1][1], T());
+                    mma_m16n8k16(s[mt][2 * np + 1], a[mt], bk[np & 1][2], bk[np & 1][3], T());
                 }
             }
         }
@@ -239,14 +246,14 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                         }
                         s[mt][nt][e] = x;
                     }
-        } else {
+        } else if (scale2 <= 0.0f) { /* a negative scale turns maxima into minima: scale first */
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) s[mt][nt][e] *= scale2;
-        }
+        } /* else the scale is applied inside exp2 (one FFMA per score) */
         if (!(c0 >= full_lo && c0 + BN - 1 <= full_hi)) { /* some row does not see all of it */
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
@@ -254,12 +261,15 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
+                        const int i = row_base + mt * 16 + (e / 2) * 8;
                         const int j = c0 + nt * 8 + 2 * (lane % 4) + (e & 1);
-                        if (j < rlo[mt][e / 2] || j > rhi[mt][e / 2]) s[mt][nt][e] = -INFINITY;
+                        if (j < lo_of(i) || j > hi_of(i)) s[mt][nt][e] = -INFINITY;
                     }
         }
 
-        /* online softmax: rows are shared by the 4 lanes of a quad */
+        /* online softmax: rows are shared by the 4 lanes of a quad; scores are in base 2 times
+         * `sc` (1 when the rules above already scaled them) */
+        float corr[MT][2];
 #pragma unroll
         for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -269,30 +279,41 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                 for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hr], s[mt][nt][2 * hr + 1]));
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                const float mnew = fmaxf(m[mt][hr], mx);
+                const float mnew = fmaxf(m[mt][hr], mx * sc);
                 const float muse = mnew == -INFINITY ? 0.0f : mnew; /* no key yet: keep exp2 finite */
-                const float corr = exp2f(m[mt][hr] - muse);
+                corr[mt][hr] = exp2f(m[mt][hr] - muse);
                 m[mt][hr] = mnew;
                 float sum = 0.0f;
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++) {
-                    s[mt][nt][2 * hr] = exp2f(s[mt][nt][2 * hr] - muse);
-                    s[mt][nt][2 * hr + 1] = exp2f(s[mt][nt][2 * hr + 1] - muse);
+                    s[mt][nt][2 * hr] = exp2f(fmaf(s[mt][nt][2 * hr], sc, -muse));
+                    s[mt][nt][2 * hr + 1] = exp2f(fmaf(s[mt][nt][2 * hr + 1], sc, -muse));
                     sum += s[mt][nt][2 * hr] + s[mt][nt][2 * hr + 1];
                 }
-                l[mt][hr] = l[mt][hr] * corr + sum;
+                l[mt][hr] = l[mt][hr] * corr[mt][hr] + sum;
+            }
+        /* O is rescaled only when some row's maximum moved (a warp-uniform vote): after the
+         * first key blocks of a row that is the rare case, and x * 1 is exact anyway */
+        bool moved = false;
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) moved |= corr[mt][0] != 1.0f || corr[mt][1] != 1.0f;
+        if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
 #pragma unroll
                 for (int dt = 0; dt < DT; dt++) {
-                    o[mt][dt][2 * hr] *= corr;
-                    o[mt][dt][2 * hr + 1] *= corr;
+                    o[mt][dt][0] *= corr[mt][0];
+                    o[mt][dt][1] *= corr[mt][0];
+                    o[mt][dt][2] *= corr[mt][1];
+                    o[mt][dt][3] *= corr[mt][1];
                 }
-            }
+        }
 
         cp_async_wait_all();
         __syncthreads(); /* V(nb) landed; every warp finished Q K(nb)^T: sK is free */
         if (nb < nb_hi) {
             const int c1 = c0 + BN;
-            load_tile<T, DP, BN, THREADS>(sK, Kg + c1 * f.k_st, f.k_st, (int)(Lk - c1), dq, (const T *)f.k);
+            load_tile<T, DP, BN, THREADS>(sK, Kg + c1 * f.k_st, f.k_st, lk - c1, dq, (const T *)f.k);
             cp_async_commit();
         }
 
@@ -308,15 +329,20 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                 a[mt][2] = pack2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1], T());
                 a[mt][3] = pack2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3], T());
             }
+            const int vrow = kc * 16 + ((lane / 8) % 2) * 8 + lane % 8;
+            uint32_t bv[2][4];
+            ldmatrix_x4_trans(bv[0], sV + swz<DP>(vrow, lane / 16));
 #pragma unroll
             for (int dp = 0; dp < DP / 16; dp++) {
                 if (dp * 2 >= dv) break;
-                uint32_t bv[4];
-                ldmatrix_x4_trans(bv, sV + swz<DP>(kc * 16 + ((lane / 8) % 2) * 8 + lane % 8, dp * 2 + lane / 16));
+                if (CFLASH_FWD_PREFETCH && dp + 1 < DP / 16 && (dp + 1) * 2 < dv) /* next V fragments first */
+                    ldmatrix_x4_trans(bv[(dp + 1) & 1], sV + swz<DP>(vrow, (dp + 1) * 2 + lane / 16));
+                if (!CFLASH_FWD_PREFETCH && dp > 0)
+                    ldmatrix_x4_trans(bv[dp & 1], sV + swz<DP>(vrow, dp * 2 + lane / 16));
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
-                    mma_m16n8k16(o[mt][2 * dp], a[mt], bv[0], bv[1], T());
-                    mma_m16n8k16(o[mt][2 * dp + 1], a[mt], bv[2], bv[3], T());
+                    mma_m16n8k16(o[mt][2 * dp], a[mt], bv[dp & 1][0], bv[dp & 1][1], T());
+                    mma_m16n8k16(o[mt][2 * dp + 1], a[mt], bv[dp & 1][2], bv[dp & 1][3], T());
                 }
             }
         }
