@@ -80,15 +80,25 @@ __device__ __forceinline__ int swz(int row, int chunk) {
     return row * DP + ((chunk ^ (row & 7)) << 3);
 }
 
-/* rows x DP tile from global rows g + r * stride (r < valid_rows, chunk < chunks), zeros elsewhere. */
+/* rows x DP tile from global rows g + r * stride (r < valid_rows, chunk < chunks), zeros elsewhere.
+ * Each thread copies one fixed chunk column of every (THREADS / CH)-th row: a constant trip
+ * count (the loop unrolls, no branches), one pointer increment per copy, and a swizzled chunk
+ * that is the same for all of a thread's rows (the row step is a multiple of 8). */
 template <typename T, int DP, int ROWS, int THREADS>
 __device__ __forceinline__ void load_tile(T *s, const T *g, int64_t stride, int valid_rows, int chunks,
                                           const T *safe) {
-    constexpr int CH = DP / 8;
-    for (int idx = threadIdx.x; idx < ROWS * CH; idx += THREADS) {
-        const int r = idx / CH, c = idx % CH;
-        const bool pred = r < valid_rows && c < chunks;
-        cp_async16(s + swz<DP>(r, c), pred ? g + r * stride + c * 8 : safe, pred);
+    constexpr int CH = DP / 8, RSTEP = THREADS / CH, ITERS = ROWS * CH / THREADS;
+    static_assert(THREADS % CH == 0 && (ROWS * CH) % THREADS == 0 && RSTEP % 8 == 0, "tile and block do not divide");
+    const int c = threadIdx.x % CH, r0 = threadIdx.x / CH;
+    const bool chunk_ok = c < chunks;
+    const T *gp = g + (int64_t)r0 * stride + c * 8;
+    const int64_t step = (int64_t)RSTEP * stride;
+#pragma unroll
+    for (int it = 0; it < ITERS; it++) {
+        const int r = r0 + it * RSTEP;
+        const bool pred = chunk_ok && r < valid_rows;
+        cp_async16(s + swz<DP>(r, c), pred ? gp : safe, pred);
+        gp += step;
     }
 }
 
