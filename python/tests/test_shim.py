@@ -14,8 +14,12 @@ from pathlib import Path
 
 import pytest
 
-PYTHON_DIR = Path(__file__).resolve().parents[1]  # python/: holds the cflash package
-ROOT = PYTHON_DIR.parent
+import cflash
+
+# the directory holding the cflash package under test: the installed one (CI: site-packages,
+# where the built extension is) or python/ with PYTHONPATH=python in development
+PYTHON_DIR = Path(cflash.__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (python/CMakeLists.txt)
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +34,11 @@ def run(code, tmp_path=None, path=(), env=None):
     environ = {k: v for k, v in os.environ.items() if k not in ("CFLASH_SHIM", "PYTHONPATH")}
     environ["PYTHONPATH"] = os.pathsep.join([*map(str, path), str(PYTHON_DIR)])
     environ.update(env or {})
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=environ, capture_output=True,
+    # start clean: an installed cflash has its .pth line put a finder in place at start-up;
+    # each case decides itself whether one is installed
+    prologue = ("import sys as _s; _s.meta_path[:] = [f for f in _s.meta_path if not getattr(f, '_cflash_shim', False)]; "
+                "_s.modules.pop('_cflash_shim', None)\n")
+    r = subprocess.run([sys.executable, "-c", prologue + textwrap.dedent(code)], env=environ, capture_output=True,
                        text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, f"subprocess failed:\n{r.stdout}\n{r.stderr}"
     return r.stdout
