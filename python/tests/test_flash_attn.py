@@ -13,7 +13,7 @@ import reference
 from cflash.flash_attn import (flash_attn_func, flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
                                flash_attn_varlen_func, flash_attn_varlen_kvpacked_func,
                                flash_attn_varlen_qkvpacked_func, flash_attn_with_kvcache)
-from helpers import assert_close, check, make, randn, round_to, to_np
+from helpers import assert_close, check, make, randn, require, round_to, to_np
 
 torch = pytest.importorskip("torch", reason="torch is not installed (scripts/setup.sh installs torch==2.13.0)")
 F = torch.nn.functional
@@ -538,3 +538,15 @@ def test_bad_kvcache_arguments_leave_caches_unchanged(rng):
         with pytest.raises(exc, match=match):
             flash_attn_with_kvcache(t(q), tkc, tvc, **kw)
         assert torch.equal(tkc, before[0]) and torch.equal(tvc, before[1]), match
+
+
+def test_jax_arrays_in_jax_arrays_out(rng):
+    """The drop-in over JAX arrays: JAX out (lse too), the same numbers as NumPy in."""
+    jnp = require("jax")
+    q, k, v = (randn(rng, (2, 33, 4, 32)).astype(np.float32) for _ in range(3))
+    want, want_lse, _ = flash_attn_func(q, k, v, causal=True, window_size=(8, 0), return_attn_probs=True)
+    out, lse, _ = flash_attn_func(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), causal=True, window_size=(8, 0),
+                                  return_attn_probs=True)
+    assert type(out).__module__.startswith(("jax", "jaxlib")) and type(lse).__module__.startswith(("jax", "jaxlib"))
+    np.testing.assert_array_equal(np.asarray(out), want)
+    np.testing.assert_array_equal(np.asarray(lse), want_lse)

@@ -33,21 +33,22 @@ extern "C" enum cflash_status cflash_set_error(enum cflash_status st, const char
 
 /* ---- small named wrappers around the PTX this kernel needs ---- */
 
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pred) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+/* Shared memory is addressed with 32-bit shared-window byte addresses (not generic 64-bit
+ * pointers): half the registers and integer work for every address of the main loop. */
+__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void cp_async16(uint32_t s, const void *gmem, bool pred) {
     const int n = pred ? 16 : 0; /* 0: no global read, the 16 bytes are zero-filled */
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *smem) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], uint32_t s) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
 }
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *smem) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], uint32_t s) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
 }
@@ -79,13 +80,18 @@ template <int DP>
 __device__ __forceinline__ int swz(int row, int chunk) {
     return row * DP + ((chunk ^ (row & 7)) << 3);
 }
+/* the byte address of (row, chunk) in a tile of 2-byte elements starting at `base` */
+template <int DP>
+__device__ __forceinline__ uint32_t swz_addr(uint32_t base, int row, int chunk) {
+    return base + 2u * (uint32_t)swz<DP>(row, chunk);
+}
 
 /* rows x DP tile from global rows g + r * stride (r < valid_rows, chunk < chunks), zeros elsewhere.
  * Each thread copies one fixed chunk column of every (THREADS / CH)-th row: a constant trip
  * count (the loop unrolls, no branches), one pointer increment per copy, and a swizzled chunk
  * that is the same for all of a thread's rows (the row step is a multiple of 8). */
 template <typename T, int DP, int ROWS, int THREADS>
-__device__ __forceinline__ void load_tile(T *s, const T *g, int64_t stride, int valid_rows, int chunks,
+__device__ __forceinline__ void load_tile(uint32_t s, const T *g, int64_t stride, int valid_rows, int chunks,
                                           const T *safe) {
     constexpr int CH = DP / 8, RSTEP = THREADS / CH, ITERS = ROWS * CH / THREADS;
     static_assert(THREADS % CH == 0 && (ROWS * CH) % THREADS == 0 && RSTEP % 8 == 0, "tile and block do not divide");
@@ -97,7 +103,7 @@ __device__ __forceinline__ void load_tile(T *s, const T *g, int64_t stride, int 
     for (int it = 0; it < ITERS; it++) {
         const int r = r0 + it * RSTEP;
         const bool pred = chunk_ok && r < valid_rows;
-        cp_async16(s + swz<DP>(r, c), pred ? gp : safe, pred);
+        cp_async16(swz_addr<DP>(s, r, c), pred ? gp : safe, pred);
         gp += step;
     }
 }
@@ -126,7 +132,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     constexpr int MT = fwd_tile<DP>::MT, NW = fwd_tile<DP>::NW, BN = fwd_tile<DP>::BN;
     constexpr int BM = 16 * MT * NW, NT = BN / 8, DT = DP / 8, THREADS = NW * 32;
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    T *sQ = (T *)smem_raw, *sK = sQ + BM * DP, *sV = sK + BN * DP;
+    const uint32_t sQ = smem_addr(smem_raw), sK = sQ + 2u * BM * DP, sV = sK + 2u * BN * DP;
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int mblock = gridDim.x - 1 - blockIdx.x; /* last (longest under causal) blocks first */
@@ -218,17 +224,17 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             uint32_t a[MT][4];
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
-                ldmatrix_x4(a[mt], sQ + swz<DP>(warp * 16 * MT + mt * 16 + lane % 16, kc * 2 + lane / 16));
+                ldmatrix_x4(a[mt], swz_addr<DP>(sQ, warp * 16 * MT + mt * 16 + lane % 16, kc * 2 + lane / 16));
             /* the next pair of K fragments is loaded before this pair's mmas (double buffer):
              * the ldmatrix latency hides behind 2 * MT mmas */
             uint32_t bk[2][4];
-            ldmatrix_x4(bk[0], sK + swz<DP>((lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
+            ldmatrix_x4(bk[0], swz_addr<DP>(sK, (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
 #pragma unroll
             for (int np = 0; np < NT / 2; np++) {
                 if (CFLASH_FWD_PREFETCH && np + 1 < NT / 2)
-                    ldmatrix_x4(bk[(np + 1) & 1], sK + swz<DP>((np + 1) * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
+                    ldmatrix_x4(bk[(np + 1) & 1], swz_addr<DP>(sK, (np + 1) * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
                 if (!CFLASH_FWD_PREFETCH && np > 0)
-                    ldmatrix_x4(bk[np & 1], sK + swz<DP>(np * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
+                    ldmatrix_x4(bk[np & 1], swz_addr<DP>(sK, np * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
                     mma_m16n8k16(s[mt][2 * np], a[mt], bk[np & 1][0], bk[np & 1][1], T());
@@ -341,14 +347,14 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             }
             const int vrow = kc * 16 + ((lane / 8) % 2) * 8 + lane % 8;
             uint32_t bv[2][4];
-            ldmatrix_x4_trans(bv[0], sV + swz<DP>(vrow, lane / 16));
+            ldmatrix_x4_trans(bv[0], swz_addr<DP>(sV, vrow, lane / 16));
 #pragma unroll
             for (int dp = 0; dp < DP / 16; dp++) {
                 if (dp * 2 >= dv) break;
                 if (CFLASH_FWD_PREFETCH && dp + 1 < DP / 16 && (dp + 1) * 2 < dv) /* next V fragments first */
-                    ldmatrix_x4_trans(bv[(dp + 1) & 1], sV + swz<DP>(vrow, (dp + 1) * 2 + lane / 16));
+                    ldmatrix_x4_trans(bv[(dp + 1) & 1], swz_addr<DP>(sV, vrow, (dp + 1) * 2 + lane / 16));
                 if (!CFLASH_FWD_PREFETCH && dp > 0)
-                    ldmatrix_x4_trans(bv[dp & 1], sV + swz<DP>(vrow, dp * 2 + lane / 16));
+                    ldmatrix_x4_trans(bv[dp & 1], swz_addr<DP>(sV, vrow, dp * 2 + lane / 16));
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
                     mma_m16n8k16(o[mt][2 * dp], a[mt], bv[dp & 1][0], bv[dp & 1][1], T());
