@@ -111,28 +111,33 @@ __device__ __forceinline__ void load_tile(uint32_t s, const T *g, int64_t stride
 /* ---- the tile table: one row per padded head dim (select.c picks the row) ----
  * MT  m16 tiles per warp (B fragments of K and V are reused MT times: at MT = 1 an H100 SM
  *     would need two shared-memory reads per mma, more than its bandwidth)
- * NW  warps per block; BM = 16 * MT * NW query rows, BN keys per step.
+ * NW  warps per block; BM = 16 * MT * NW query rows, BN keys per copied tile, SUB keys per
+ *     compute step (S takes MT * SUB / 2 registers: at D = 128, where O takes 128, SUB = 32
+ *     is what keeps the kernel from spilling).
  * D=256 takes MT = 1: O alone is 32 * 4 fp32 registers per thread per m tile. */
 template <int DP> struct fwd_tile;
-template <> struct fwd_tile<64>  { static constexpr int MT = 2, NW = 4, BN = 64; };
-#ifndef CFLASH_FWD_BN128 /* experiment switch: keys per step at D = 128 */
-#define CFLASH_FWD_BN128 64
+#ifndef CFLASH_FWD_SUB128 /* experiment switch: keys per compute step at D = 128 */
+#define CFLASH_FWD_SUB128 32
 #endif
-template <> struct fwd_tile<128> { static constexpr int MT = 2, NW = 4, BN = CFLASH_FWD_BN128; };
-template <> struct fwd_tile<256> { static constexpr int MT = 1, NW = 8, BN = 64; };
+template <> struct fwd_tile<64>  { static constexpr int MT = 2, NW = 4, BN = 64, SUB = 64; };
+template <> struct fwd_tile<128> { static constexpr int MT = 2, NW = 4, BN = 64, SUB = CFLASH_FWD_SUB128; };
+template <> struct fwd_tile<256> { static constexpr int MT = 1, NW = 8, BN = 64, SUB = 64; };
 
+/* Q, then two K tiles and two V tiles (block nb + 1 is copied while block nb is computed):
+ * D=64 48 KB, D=128 96 KB (two blocks per SM), D=256 192 KB (one block of 8 warps). */
 template <int DP>
 constexpr int fwd_smem_bytes() {
-    return (16 * fwd_tile<DP>::MT * fwd_tile<DP>::NW + 2 * fwd_tile<DP>::BN) * DP * 2;
+    return (16 * fwd_tile<DP>::MT * fwd_tile<DP>::NW + 4 * fwd_tile<DP>::BN) * DP * 2;
 }
 
 template <typename T, int DP>
 __global__ void __launch_bounds__(fwd_tile<DP>::NW * 32)
 fwd_mma_kernel(const struct cuda_fwd f) {
-    constexpr int MT = fwd_tile<DP>::MT, NW = fwd_tile<DP>::NW, BN = fwd_tile<DP>::BN;
-    constexpr int BM = 16 * MT * NW, NT = BN / 8, DT = DP / 8, THREADS = NW * 32;
+    constexpr int MT = fwd_tile<DP>::MT, NW = fwd_tile<DP>::NW, BN = fwd_tile<DP>::BN, SUB = fwd_tile<DP>::SUB;
+    constexpr int BM = 16 * MT * NW, NT = SUB / 8, DT = DP / 8, THREADS = NW * 32;
+    constexpr uint32_t TILE = 2u * BN * DP; /* bytes of one K or V tile */
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    const uint32_t sQ = smem_addr(smem_raw), sK = sQ + 2u * BM * DP, sV = sK + 2u * BN * DP;
+    const uint32_t sQ = smem_addr(smem_raw), sK = sQ + 2u * BM * DP, sV = sK + 2 * TILE;
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int mblock = gridDim.x - 1 - blockIdx.x; /* last (longest under causal) blocks first */
@@ -197,168 +202,174 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         l[mt][0] = l[mt][1] = 0.0f;
     }
 
+    /* Copies: Q once; the K and V tiles of key block nb + 1 are in flight while block nb is
+     * computed (two buffers each, one barrier per block). Each block is computed in sub-blocks
+     * of SUB keys: S = Q K^T, the score rules, the online softmax, O += P V. */
     load_tile<T, DP, BM, THREADS>(sQ, Qg, f.q_st, rows, dq, (const T *)f.q);
-    cp_async_commit();
     if (nb_lo <= nb_hi) {
         const int c0 = nb_lo * BN;
-        load_tile<T, DP, BN, THREADS>(sK, Kg + c0 * f.k_st, f.k_st, lk - c0, dq, (const T *)f.k);
-        cp_async_commit();
+        load_tile<T, DP, BN, THREADS>(sK, Kg + (int64_t)c0 * f.k_st, f.k_st, lk - c0, dq, (const T *)f.k);
+        load_tile<T, DP, BN, THREADS>(sV, Vg + (int64_t)c0 * f.v_st, f.v_st, lk - c0, dv, (const T *)f.v);
     }
+    cp_async_commit();
 
     for (int nb = nb_lo; nb <= nb_hi; nb++) {
         const int c0 = nb * BN;
+        const uint32_t cur = ((nb - nb_lo) & 1) * TILE, next = TILE - cur;
+        const uint32_t sKb = sK + cur, sVb = sV + cur;
         cp_async_wait_all();
-        __syncthreads(); /* K(nb) landed; every warp finished P V(nb - 1): sV is free */
-        load_tile<T, DP, BN, THREADS>(sV, Vg + c0 * f.v_st, f.v_st, lk - c0, dv, (const T *)f.v);
-        cp_async_commit();
-
-        /* S = Q K^T */
-        float s[MT][NT][4];
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
-#pragma unroll
-        for (int kc = 0; kc < DP / 16; kc++) {
-            if (kc * 2 >= dq) break;
-            uint32_t a[MT][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-                ldmatrix_x4(a[mt], swz_addr<DP>(sQ, warp * 16 * MT + mt * 16 + lane % 16, kc * 2 + lane / 16));
-            /* the next pair of K fragments is loaded before this pair's mmas (double buffer):
-             * the ldmatrix latency hides behind 2 * MT mmas */
-            uint32_t bk[2][4];
-            ldmatrix_x4(bk[0], swz_addr<DP>(sK, (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
-#pragma unroll
-            for (int np = 0; np < NT / 2; np++) {
-                if (CFLASH_FWD_PREFETCH && np + 1 < NT / 2)
-                    ldmatrix_x4(bk[(np + 1) & 1], swz_addr<DP>(sK, (np + 1) * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
-                if (!CFLASH_FWD_PREFETCH && np > 0)
-                    ldmatrix_x4(bk[np & 1], swz_addr<DP>(sK, np * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    mma_m16n8k16(s[mt][2 * np], a[mt], bk[np & 1][0], bk[np & 1][1], T());
-                    mma_m16n8k16(s[mt][2 * np + 1], a[mt], bk[np & 1][2], bk[np & 1][3], T());
-                }
-            }
-        }
-
-        /* score rules, in base 2: scale, softcap, ALiBi, the visible interval. Each rule is its
-         * own loop under a block-uniform branch: folded into one loop, the compiler computes
-         * tanh and the ALiBi distance for every score whether or not they are on. */
-        if (score_mods) {
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        float x = s[mt][nt][e];
-                        x = f.softcap > 0.0f ? softcap2 * tanhf(x * cap_in) : x * scale2;
-                        if (f.alibi) {
-                            const int i = row_base + mt * 16 + (e / 2) * 8;
-                            const int j = c0 + nt * 8 + 2 * (lane % 4) + (e & 1);
-                            x -= slope2 * fabsf((float)(j - i - diag));
-                        }
-                        s[mt][nt][e] = x;
-                    }
-        } else if (scale2 <= 0.0f) { /* a negative scale turns maxima into minima: scale first */
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) s[mt][nt][e] *= scale2;
-        } /* else the scale is applied inside exp2 (one FFMA per score) */
-        if (!(c0 >= full_lo && c0 + BN - 1 <= full_hi)) { /* some row does not see all of it */
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int i = row_base + mt * 16 + (e / 2) * 8;
-                        const int j = c0 + nt * 8 + 2 * (lane % 4) + (e & 1);
-                        if (j < lo_of(i) || j > hi_of(i)) s[mt][nt][e] = -INFINITY;
-                    }
-        }
-
-        /* online softmax: rows are shared by the 4 lanes of a quad; scores are in base 2 times
-         * `sc` (1 when the rules above already scaled them) */
-        float corr[MT][2];
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-            for (int hr = 0; hr < 2; hr++) {
-                float mx = -INFINITY;
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hr], s[mt][nt][2 * hr + 1]));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                const float mnew = fmaxf(m[mt][hr], mx * sc);
-                const float muse = mnew == -INFINITY ? 0.0f : mnew; /* no key yet: keep exp2 finite */
-                corr[mt][hr] = exp2f(m[mt][hr] - muse);
-                m[mt][hr] = mnew;
-                float sum = 0.0f;
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    s[mt][nt][2 * hr] = exp2f(fmaf(s[mt][nt][2 * hr], sc, -muse));
-                    s[mt][nt][2 * hr + 1] = exp2f(fmaf(s[mt][nt][2 * hr + 1], sc, -muse));
-                    sum += s[mt][nt][2 * hr] + s[mt][nt][2 * hr + 1];
-                }
-                l[mt][hr] = l[mt][hr] * corr[mt][hr] + sum;
-            }
-        /* O is rescaled only when some row's maximum moved (a warp-uniform vote): after the
-         * first key blocks of a row that is the rare case, and x * 1 is exact anyway */
-        bool moved = false;
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++) moved |= corr[mt][0] != 1.0f || corr[mt][1] != 1.0f;
-        if (__any_sync(0xffffffffu, moved)) {
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                for (int dt = 0; dt < DT; dt++) {
-                    o[mt][dt][0] *= corr[mt][0];
-                    o[mt][dt][1] *= corr[mt][0];
-                    o[mt][dt][2] *= corr[mt][1];
-                    o[mt][dt][3] *= corr[mt][1];
-                }
-        }
-
-        cp_async_wait_all();
-        __syncthreads(); /* V(nb) landed; every warp finished Q K(nb)^T: sK is free */
+        __syncthreads(); /* block nb landed; every warp finished block nb - 1, whose buffers are refilled now */
         if (nb < nb_hi) {
             const int c1 = c0 + BN;
-            load_tile<T, DP, BN, THREADS>(sK, Kg + c1 * f.k_st, f.k_st, lk - c1, dq, (const T *)f.k);
-            cp_async_commit();
+            load_tile<T, DP, BN, THREADS>(sK + next, Kg + (int64_t)c1 * f.k_st, f.k_st, lk - c1, dq, (const T *)f.k);
+            load_tile<T, DP, BN, THREADS>(sV + next, Vg + (int64_t)c1 * f.v_st, f.v_st, lk - c1, dv, (const T *)f.v);
         }
+        cp_async_commit();
 
-        /* O += P V: the S accumulators of n tiles 2kc and 2kc + 1 are the A fragment of keys
-         * [16 kc, 16 kc + 16) */
 #pragma unroll
-        for (int kc = 0; kc < BN / 16; kc++) {
-            uint32_t a[MT][4];
+        for (int sb = 0; sb < BN / SUB; sb++) {
+            const int cs = c0 + sb * SUB;
+            if (cs > khi || cs + SUB - 1 < klo) continue; /* no row of this block sees these keys */
+            /* S = Q K^T */
+            float s[MT][NT][4];
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                a[mt][0] = pack2(s[mt][2 * kc][0], s[mt][2 * kc][1], T());
-                a[mt][1] = pack2(s[mt][2 * kc][2], s[mt][2 * kc][3], T());
-                a[mt][2] = pack2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1], T());
-                a[mt][3] = pack2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3], T());
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+#pragma unroll
+            for (int kc = 0; kc < DP / 16; kc++) {
+                if (kc * 2 >= dq) break;
+                uint32_t a[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+                    ldmatrix_x4(a[mt], swz_addr<DP>(sQ, warp * 16 * MT + mt * 16 + lane % 16, kc * 2 + lane / 16));
+                /* the next pair of K fragments is loaded before this pair's mmas (double buffer):
+                 * the ldmatrix latency hides behind 2 * MT mmas */
+                uint32_t bk[2][4];
+                ldmatrix_x4(bk[0], swz_addr<DP>(sKb, sb * SUB + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
+#pragma unroll
+                for (int np = 0; np < NT / 2; np++) {
+                    if (CFLASH_FWD_PREFETCH && np + 1 < NT / 2)
+                        ldmatrix_x4(bk[(np + 1) & 1], swz_addr<DP>(sKb, sb * SUB + (np + 1) * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
+                    if (!CFLASH_FWD_PREFETCH && np > 0)
+                        ldmatrix_x4(bk[np & 1], swz_addr<DP>(sKb, sb * SUB + np * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        mma_m16n8k16(s[mt][2 * np], a[mt], bk[np & 1][0], bk[np & 1][1], T());
+                        mma_m16n8k16(s[mt][2 * np + 1], a[mt], bk[np & 1][2], bk[np & 1][3], T());
+                    }
+                }
             }
-            const int vrow = kc * 16 + ((lane / 8) % 2) * 8 + lane % 8;
-            uint32_t bv[2][4];
-            ldmatrix_x4_trans(bv[0], swz_addr<DP>(sV, vrow, lane / 16));
+
+            /* score rules, in base 2: scale, softcap, ALiBi, the visible interval. Each rule is its
+             * own loop under a block-uniform branch: folded into one loop, the compiler computes
+             * tanh and the ALiBi distance for every score whether or not they are on. */
+            if (score_mods) {
 #pragma unroll
-            for (int dp = 0; dp < DP / 16; dp++) {
-                if (dp * 2 >= dv) break;
-                if (CFLASH_FWD_PREFETCH && dp + 1 < DP / 16 && (dp + 1) * 2 < dv) /* next V fragments first */
-                    ldmatrix_x4_trans(bv[(dp + 1) & 1], swz_addr<DP>(sV, vrow, (dp + 1) * 2 + lane / 16));
-                if (!CFLASH_FWD_PREFETCH && dp > 0)
-                    ldmatrix_x4_trans(bv[dp & 1], swz_addr<DP>(sV, vrow, dp * 2 + lane / 16));
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            float x = s[mt][nt][e];
+                            x = f.softcap > 0.0f ? softcap2 * tanhf(x * cap_in) : x * scale2;
+                            if (f.alibi) {
+                                const int i = row_base + mt * 16 + (e / 2) * 8;
+                                const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
+                                x -= slope2 * fabsf((float)(j - i - diag));
+                            }
+                            s[mt][nt][e] = x;
+                        }
+            } else if (scale2 <= 0.0f) { /* a negative scale turns maxima into minima: scale first */
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) s[mt][nt][e] *= scale2;
+            } /* else the scale is applied inside exp2 (one FFMA per score) */
+            if (!(cs >= full_lo && cs + SUB - 1 <= full_hi)) { /* some row does not see all of it */
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int i = row_base + mt * 16 + (e / 2) * 8;
+                            const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
+                            if (j < lo_of(i) || j > hi_of(i)) s[mt][nt][e] = -INFINITY;
+                        }
+            }
+
+            /* online softmax: rows are shared by the 4 lanes of a quad; scores are in base 2 times
+             * `sc` (1 when the rules above already scaled them) */
+            float corr[MT][2];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int hr = 0; hr < 2; hr++) {
+                    float mx = -INFINITY;
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hr], s[mt][nt][2 * hr + 1]));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                    const float mnew = fmaxf(m[mt][hr], mx * sc);
+                    const float muse = mnew == -INFINITY ? 0.0f : mnew; /* no key yet: keep exp2 finite */
+                    corr[mt][hr] = exp2f(m[mt][hr] - muse);
+                    m[mt][hr] = mnew;
+                    float sum = 0.0f;
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++) {
+                        s[mt][nt][2 * hr] = exp2f(fmaf(s[mt][nt][2 * hr], sc, -muse));
+                        s[mt][nt][2 * hr + 1] = exp2f(fmaf(s[mt][nt][2 * hr + 1], sc, -muse));
+                        sum += s[mt][nt][2 * hr] + s[mt][nt][2 * hr + 1];
+                    }
+                    l[mt][hr] = l[mt][hr] * corr[mt][hr] + sum;
+                }
+            /* O is rescaled only when some row's maximum moved (a warp-uniform vote): after the
+             * first key blocks of a row that is the rare case, and x * 1 is exact anyway */
+            bool moved = false;
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) moved |= corr[mt][0] != 1.0f || corr[mt][1] != 1.0f;
+            if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int dt = 0; dt < DT; dt++) {
+                        o[mt][dt][0] *= corr[mt][0];
+                        o[mt][dt][1] *= corr[mt][0];
+                        o[mt][dt][2] *= corr[mt][1];
+                        o[mt][dt][3] *= corr[mt][1];
+                    }
+            }
+
+            /* O += P V: the S accumulators of n tiles 2kc and 2kc + 1 are the A fragment of keys
+             * [16 kc, 16 kc + 16) */
+#pragma unroll
+            for (int kc = 0; kc < SUB / 16; kc++) {
+                uint32_t a[MT][4];
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
-                    mma_m16n8k16(o[mt][2 * dp], a[mt], bv[dp & 1][0], bv[dp & 1][1], T());
-                    mma_m16n8k16(o[mt][2 * dp + 1], a[mt], bv[dp & 1][2], bv[dp & 1][3], T());
+                    a[mt][0] = pack2(s[mt][2 * kc][0], s[mt][2 * kc][1], T());
+                    a[mt][1] = pack2(s[mt][2 * kc][2], s[mt][2 * kc][3], T());
+                    a[mt][2] = pack2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1], T());
+                    a[mt][3] = pack2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3], T());
+                }
+                const int vrow = sb * SUB + kc * 16 + ((lane / 8) % 2) * 8 + lane % 8;
+                uint32_t bv[2][4];
+                ldmatrix_x4_trans(bv[0], swz_addr<DP>(sVb, vrow, lane / 16));
+#pragma unroll
+                for (int dp = 0; dp < DP / 16; dp++) {
+                    if (dp * 2 >= dv) break;
+                    if (CFLASH_FWD_PREFETCH && dp + 1 < DP / 16 && (dp + 1) * 2 < dv) /* next V fragments first */
+                        ldmatrix_x4_trans(bv[(dp + 1) & 1], swz_addr<DP>(sVb, vrow, (dp + 1) * 2 + lane / 16));
+                    if (!CFLASH_FWD_PREFETCH && dp > 0)
+                        ldmatrix_x4_trans(bv[dp & 1], swz_addr<DP>(sVb, vrow, dp * 2 + lane / 16));
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        mma_m16n8k16(o[mt][2 * dp], a[mt], bv[dp & 1][0], bv[dp & 1][1], T());
+                        mma_m16n8k16(o[mt][2 * dp + 1], a[mt], bv[dp & 1][2], bv[dp & 1][3], T());
+                    }
                 }
             }
         }
