@@ -63,7 +63,10 @@ if [ "$TESTS" = 1 ]; then
             out=$(compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/tests/cflash_tests" \
                   -k "^cuda/auto/f16/D=64/Hq=4,Hk=2/Lq=130" -k "^cuda/auto/f16/D=256/Hq=4,Hk=2/Lq=130" \
                   -k "^cuda/auto/bf16/D=136/" -k "^cuda/auto/bf16/D=128/Hq=4,Hk=2/B=4/Lq=[0," \
-                  -k "^cuda/auto/f16/D=128/Hq=4,Hk=2/Lq=200,Lk=300/" 2>&1)
+                  -k "^cuda/auto/f16/D=128/Hq=4,Hk=2/Lq=200,Lk=300/" \
+                  -k "^cuda/kvcache/bf16/D=128/Hq=32,Hk=8/B=3,Lq=4,new=3" -k "^cuda/kvcache/bf16/D=128/Hq=32,Hk=8/B=1" \
+                  -k "^cuda/kvcache/f16/D=40" -k "^cuda/kvcache/f16/D=136" -k "^cuda/kvcache/bf16/D=128/Hq=8,Hk=1" \
+                  -k "^cuda/merge/bf16/rank=4" 2>&1)
             rc=$?
             echo "$out" | grep -E "ERROR|error|Invalid|Race|no case" | head -10
             note "sanitizer $tool" "$(echo "$out" | grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' | tail -1) rc=$rc"
@@ -87,8 +90,9 @@ else
     note "pytest (GPU machine)" "skipped: no Python headers for the extension"
 fi
 
-if [ "$BENCH" = 1 ] && [ "$PYEXT" = ON ] && [ -f bench/bench_gpu.py ]; then
-    python3 bench/bench_gpu.py --build "$BUILD" || status=1
+if [ "$BENCH" = 1 ] && [ "$PYEXT" = ON ]; then
+    python3 bench/bench_gpu.py --build "$BUILD" ${BENCH_ARGS:-} || status=1
+    python3 bench/bench_gpu_decode.py --build "$BUILD" ${DECODE_ARGS:-} || status=1
 fi
 
 echo

@@ -437,11 +437,10 @@ static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, co
                                      const struct cflash_tensor *lse, const struct cflash_attn_params *p,
                                      int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
                                      const struct cflash_tensor *cu_q, const struct cflash_tensor *cu_k,
-                                     int64_t max_seqlen_q) {
+                                     int64_t max_seqlen_q, const struct attn_scoresrc *mask,
+                                     const struct attn_scoresrc *bias) {
     if (p->kernel != CFLASH_KERNEL_AUTO)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: %s is a CPU kernel; CUDA tensors take CFLASH_KERNEL_AUTO", cflash_kernel_name(p->kernel));
-    if (p->mask) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "mask: masks are not served by the CUDA backend yet");
-    if (p->bias) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "bias: biases are not served by the CUDA backend yet");
     if (B > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 sequences, got %lld", (long long)B);
     if (Hq > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 heads, got %lld", (long long)Hq);
     struct cuda_fwd f;
@@ -476,6 +475,16 @@ static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, co
         f.alibi_sb = a->ndim == 2 ? a->stride[0] : 0;
     }
     if (p->sinks) { f.sinks = p->sinks->data; f.sinks_sh = p->sinks->stride[0]; }
+    const struct attn_scoresrc *src[2] = {mask, bias};
+    struct cuda_scoresrc *dst[2] = {&f.mask, &f.bias};
+    for (int i = 0; i < 2; i++) {
+        if (!src[i] || !src[i]->data) continue;
+        dst[i]->data = src[i]->data;
+        dst[i]->dtype = src[i]->dtype;
+        dst[i]->sb = src[i]->sb; dst[i]->sh = src[i]->sh; dst[i]->sq = src[i]->sq; dst[i]->sk = src[i]->sk;
+        dst[i]->hdiv = src[i]->hdiv;
+        dst[i]->q_local = src[i]->q_local; dst[i]->k_local = src[i]->k_local;
+    }
     f.stream = p->cuda_stream;
     enum cuda_fwd_config config;
     CHECK(cuda_fwd_select(&f, &config));
@@ -500,7 +509,7 @@ enum cflash_status cflash_attn_dense(const struct cflash_tensor *q, const struct
     CHECK(check_call_devices(q, lse, p));
 #ifdef CFLASH_HAVE_CUDA
     if (q->device == CFLASH_DEVICE_CUDA)
-        return cuda_route(4, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, NULL, NULL, -1);
+        return cuda_route(4, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, NULL, NULL, -1, &mask, &bias);
 #endif
     if (B == 0 || Lq == 0) return CFLASH_STATUS_OK;
 
@@ -562,8 +571,17 @@ enum cflash_status cflash_attn_varlen(const struct cflash_tensor *q, const struc
     CHECK(check_params(p, B, Hq));
     CHECK(check_call_devices(q, lse, p));
 #ifdef CFLASH_HAVE_CUDA
-    if (q->device == CFLASH_DEVICE_CUDA) /* before anything reads cu_seqlens on the host */
-        return cuda_route(3, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q);
+    if (q->device == CFLASH_DEVICE_CUDA) { /* before anything reads cu_seqlens on the host */
+        /* the longest sequences are on the device: masks and biases are checked against the
+         * hints, which the caller must give with them (the kernel clamps to the real lengths) */
+        struct attn_scoresrc mask, bias;
+        if ((p->mask || p->bias) && (max_seqlen_q < 0 || max_seqlen_k < 0))
+            return INVALID("%s: a mask or bias with CUDA tensors needs the max_seqlen_q and max_seqlen_k hints (the lengths are on the device)",
+                           max_seqlen_q < 0 ? "max_seqlen_q" : "max_seqlen_k");
+        CHECK(check_scoresrc("mask", p->mask, p->mask_layout, 1, 1, B, Hq, Hk, max_seqlen_q, max_seqlen_k, Tq, Tk, &mask));
+        CHECK(check_scoresrc("bias", p->bias, p->bias_layout, 0, 1, B, Hq, Hk, max_seqlen_q, max_seqlen_k, Tq, Tk, &bias));
+        return cuda_route(3, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, &mask, &bias);
+    }
 #endif
     const int32_t *cq = cu_seqlens_q->data, *ck = cu_seqlens_k->data;
     const int64_t sq = cu_seqlens_q->stride[0], sk = cu_seqlens_k->stride[0];
@@ -658,6 +676,90 @@ static void kv_append_all(void *ctx) {
     }
 }
 
+/* CUDA calls: what the host can check without reading cache_seqlens (a device tensor): the Lnew
+ * new keys fit an empty sequence of the cache (room keys: Lmax, or max_pages * page_size), and a
+ * cache without rows / pages takes no appends (B == 0: nothing is appended). */
+static enum cflash_status kvcache_cuda_capacity(int64_t B, int64_t nrows, int64_t room, int64_t Lnew, int paged) {
+    if (B == 0) return CFLASH_STATUS_OK;
+    if (Lnew > 0 && nrows == 0)
+        return INVALID("k_cache: has no %s (shape[0] = 0), the %lld new keys cannot be appended", paged ? "pages" : "rows", (long long)Lnew);
+    if (Lnew > room)
+        return INVALID("k_new: %lld new keys per batch entry do not fit the cache, which holds %lld keys per sequence", (long long)Lnew, (long long)room);
+    return CFLASH_STATUS_OK;
+}
+
+#ifdef CFLASH_HAVE_CUDA
+/* KV-cache calls on CUDA tensors after every check that needs no device memory (room: the keys
+ * one sequence can hold). Queued on p->cuda_stream; nothing waits for the GPU. */
+static enum cflash_status cuda_kvcache_route(const struct cflash_tensor *q, const struct cflash_kvcache *cache,
+                                             const struct cflash_tensor *k_new, const struct cflash_tensor *v_new,
+                                             const struct cflash_tensor *out, const struct cflash_tensor *lse,
+                                             const struct cflash_attn_params *p, int64_t Hq, int64_t Hk,
+                                             int64_t D, int64_t Dv, int64_t Lnew, int64_t room) {
+    if (p->kernel != CFLASH_KERNEL_AUTO)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: %s is a CPU kernel; CUDA tensors take CFLASH_KERNEL_AUTO", cflash_kernel_name(p->kernel));
+    if (Hq > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 heads, got %lld", (long long)Hq);
+    if (q->shape[1] > CUDA_DECODE_MAX_LQ) /* before any 32-bit narrowing of Lq */
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: KV-cache calls on CUDA tensors take Lq <= %d query rows per sequence (decode, speculative decode), got %lld; longer queries over a cache are not served by the CUDA backend yet", CUDA_DECODE_MAX_LQ, (long long)q->shape[1]);
+    if (q->shape[0] > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 sequences, got %lld", (long long)q->shape[0]);
+    const struct cflash_tensor *kc = cache->k_cache, *vc = cache->v_cache ? cache->v_cache : cache->k_cache;
+    struct cuda_kvcache f;
+    memset(&f, 0, sizeof f);
+    f.q = q->data; f.k_cache = kc->data; f.v_cache = vc->data; f.out = out->data;
+    f.lse = lse ? lse->data : NULL;
+    f.dtype = q->dtype; f.out_dtype = out->dtype;
+    f.q_sb = q->stride[0]; f.q_st = q->stride[1]; f.q_sh = q->stride[2];
+    f.kc_sb = kc->stride[0]; f.kc_st = kc->stride[1]; f.kc_sh = kc->stride[2];
+    f.vc_sb = vc->stride[0]; f.vc_st = vc->stride[1]; f.vc_sh = vc->stride[2];
+    f.o_sb = out->stride[0]; f.o_st = out->stride[1]; f.o_sh = out->stride[2];
+    if (lse) { f.lse_sb = lse->stride[0]; f.lse_sh = lse->stride[1]; f.lse_st = lse->stride[2]; }
+    f.B = (int32_t)q->shape[0]; f.Hq = (int32_t)Hq; f.Hk = (int32_t)Hk; f.D = (int32_t)D; f.Dv = (int32_t)Dv;
+    f.Lq = (int32_t)q->shape[1];
+    f.Lnew = (int32_t)Lnew; /* <= room, and room is capped below */
+    /* V := K (v_cache NULL) or a view of K's first Dv columns: the K rows hold V; one load */
+    f.v_is_k = f.v_cache == f.k_cache && f.vc_sb == f.kc_sb && f.vc_st == f.kc_st && f.vc_sh == f.kc_sh;
+    if (Lnew > 0) {
+        f.k_new = k_new->data;
+        f.kn_sb = k_new->stride[0]; f.kn_st = k_new->stride[1]; f.kn_sh = k_new->stride[2];
+        if (v_new) {
+            f.v_new = v_new->data;
+            f.vn_sb = v_new->stride[0]; f.vn_st = v_new->stride[1]; f.vn_sh = v_new->stride[2];
+            /* v_new a view of k_new written into a view of k_cache: those bytes are K's, already written */
+            f.append_v = !(f.v_is_k && f.v_new == f.k_new && f.vn_sb == f.kn_sb && f.vn_st == f.kn_st && f.vn_sh == f.kn_sh);
+        }
+    }
+    f.num_rows = kc->shape[0];
+    const int64_t cap32 = INT32_MAX;
+    f.page_size = (int32_t)(kc->shape[1] > cap32 ? cap32 : kc->shape[1]);
+    f.cap = (int32_t)(f.num_rows == 0 ? 0 : room > cap32 ? cap32 : room);
+    f.cache_seqlens = cache->cache_seqlens->data;
+    f.seqlens_s = cache->cache_seqlens->stride[0];
+    if (cache->block_table) {
+        f.block_table = cache->block_table->data;
+        f.bt_sb = cache->block_table->stride[0];
+        f.bt_sp = cache->block_table->stride[1];
+    } else if (cache->cache_batch_idx) {
+        f.cache_batch_idx = cache->cache_batch_idx->data;
+        f.batch_idx_s = cache->cache_batch_idx->stride[0];
+    }
+    f.scale = p->scale != 0.0f ? p->scale : (float)(1.0 / sqrt((double)D));
+    f.softcap = p->softcap;
+    f.causal = p->causal; f.top_left = p->align == CFLASH_ALIGN_TOP_LEFT;
+    f.window_left = p->window_left; f.window_right = p->window_right;
+    if (p->alibi_slopes) {
+        const struct cflash_tensor *a = p->alibi_slopes;
+        f.alibi = a->data;
+        f.alibi_sh = a->stride[a->ndim - 1];
+        f.alibi_sb = a->ndim == 2 ? a->stride[0] : 0;
+    }
+    if (p->sinks) { f.sinks = p->sinks->data; f.sinks_sh = p->sinks->stride[0]; }
+    f.stream = p->cuda_stream; /* masks and biases: refused before this route */
+    enum cuda_fwd_config config;
+    CHECK(cuda_kvcache_select(&f, &config));
+    return cuda_kvcache_launch(&f, config);
+}
+#endif
+
 enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
                                        const struct cflash_kvcache *cache,
                                        const struct cflash_tensor *k_new,
@@ -670,7 +772,15 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
     if (!cache) return INVALID("cache: must not be NULL");
     const struct cflash_tensor *kc = cache->k_cache, *vc = cache->v_cache;
     const struct cflash_tensor *bt = cache->block_table, *bidx = cache->cache_batch_idx;
-    {
+    /* CUDA calls (q on a GPU): the same shape rules, every tensor on q's device, and no read of
+     * the metadata's contents on the host (cache_seqlens, cache_batch_idx, block_table stay on
+     * the device; the kernels clamp them, see cuda/cuda.h) */
+#ifdef CFLASH_HAVE_CUDA
+    const int on_cuda = q && q->device == CFLASH_DEVICE_CUDA;
+#else
+    const int on_cuda = 0;
+#endif
+    if (!on_cuda) {
         const struct cflash_tensor *all[] = {q, kc, vc, cache->cache_seqlens, bidx, bt, cache->rotary_cos,
                                              cache->rotary_sin, k_new, v_new, out, lse};
         const char *names[] = {"q", "k_cache", "v_cache", "cache_seqlens", "cache_batch_idx", "block_table",
@@ -704,7 +814,8 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
     CHECK(check_tensor("cache_seqlens", cache->cache_seqlens, 1));
     CHECK(check_dtype("cache_seqlens", cache->cache_seqlens, CFLASH_DTYPE_I32));
     CHECK(check_dim("cache_seqlens", cache->cache_seqlens, 0, B, "B"));
-    for (int64_t b = 0; b < B; b++)
+    if (on_cuda) CHECK(check_device("cache_seqlens", cache->cache_seqlens, q));
+    for (int64_t b = 0; b < B && !on_cuda; b++)
         if (i32_at(cache->cache_seqlens, b) < 0)
             return INVALID("cache_seqlens: entry %lld is negative (%lld)", (long long)b, (long long)i32_at(cache->cache_seqlens, b));
 
@@ -713,6 +824,7 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
     if (!k_new && v_new) return INVALID("k_new: must be given when v_new is");
     if (k_new) {
         CHECK(check_tensor("k_new", k_new, 4));
+        if (on_cuda) CHECK(check_device("k_new", k_new, q));
         if (k_new->dtype != q->dtype) return INVALID("k_new: dtype must equal q's");
         CHECK(check_unit_last("k_new", k_new));
         CHECK(check_dim("k_new", k_new, 0, B, "B"));
@@ -723,6 +835,7 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
         if (!vc && v_new) return INVALID("v_new: must be NULL when v_cache is NULL (V := K)");
         if (v_new) {
             CHECK(check_tensor("v_new", v_new, 4));
+            if (on_cuda) CHECK(check_device("v_new", v_new, q));
             if (v_new->dtype != q->dtype) return INVALID("v_new: dtype must equal q's");
             CHECK(check_unit_last("v_new", v_new));
             CHECK(check_dim("v_new", v_new, 0, B, "B"));
@@ -745,9 +858,13 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
         CHECK(check_dim("block_table", bt, 0, B, "B"));
         if (L1 < 1) return INVALID("k_cache: page_size (shape[1]) must be >= 1");
         const int64_t maxp = bt->shape[1];
-        unsigned char *written = calloc((size_t)(nrows > 0 ? nrows : 1), 1);
-        if (!written) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "block_table: out of memory");
-        for (int64_t b = 0; b < B; b++) {
+        if (on_cuda) {
+            CHECK(check_device("block_table", bt, q));
+            CHECK(kvcache_cuda_capacity(B, nrows, maxp > cap / L1 ? cap : maxp * L1, Lnew, 1));
+        }
+        unsigned char *written = on_cuda ? NULL : calloc((size_t)(nrows > 0 ? nrows : 1), 1);
+        if (!on_cuda && !written) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "block_table: out of memory");
+        for (int64_t b = 0; b < B && !on_cuda; b++) {
             const int64_t s0 = i32_at(cache->cache_seqlens, b), total = s0 + Lnew;
             const int64_t room = maxp > cap / L1 ? cap : maxp * L1; /* no int64 overflow */
             if (total > room) {
@@ -776,10 +893,15 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
             CHECK(check_tensor("cache_batch_idx", bidx, 1));
             CHECK(check_dtype("cache_batch_idx", bidx, CFLASH_DTYPE_I32));
             CHECK(check_dim("cache_batch_idx", bidx, 0, B, "B"));
+            if (on_cuda) CHECK(check_device("cache_batch_idx", bidx, q));
         } else if (nrows != B) {
             return INVALID("k_cache: shape[0] must be B = %lld without cache_batch_idx, got %lld", (long long)B, (long long)nrows);
         }
-        for (int64_t b = 0; b < B; b++) {
+        if (on_cuda) {
+            if (B > 0 && nrows == 0) return INVALID("cache_batch_idx: k_cache has no rows (shape[0] = 0) for %lld batch entries", (long long)B);
+            CHECK(kvcache_cuda_capacity(B, nrows, L1, Lnew, 0));
+        }
+        for (int64_t b = 0; b < B && !on_cuda; b++) {
             const int64_t row = bidx ? i32_at(bidx, b) : b;
             if (row < 0 || row >= nrows)
                 return INVALID("cache_batch_idx: entry %lld = %lld is not a cache row in [0, %lld)", (long long)b, (long long)row, (long long)nrows);
@@ -794,6 +916,19 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
     }
     CHECK(check_lse(lse, 1, B, Hq, Lq));
     CHECK(check_params(p, B, Hq));
+#ifdef CFLASH_HAVE_CUDA
+    if (on_cuda) {
+        CHECK(check_call_devices(q, lse, p));
+        CHECK(check_device("rotary_cos", cache->rotary_cos, q));
+        CHECK(check_device("rotary_sin", cache->rotary_sin, q));
+        if (cache->rotary_cos || cache->rotary_sin)
+            return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: rotary embedding in KV-cache calls is not served by the CUDA backend yet (CPU tensors only; rotate q and k_new before the call)", cache->rotary_cos ? "rotary_cos" : "rotary_sin");
+        if (p->mask) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "mask: masks in KV-cache calls are not served by the CUDA backend yet");
+        if (p->bias) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "bias: biases in KV-cache calls are not served by the CUDA backend yet");
+        return cuda_kvcache_route(q, cache, k_new, v_new, out, lse, p, Hq, Hk, D, Dv, Lnew,
+                                  bt ? (bt->shape[1] > cap / L1 ? cap : bt->shape[1] * L1) : L1);
+    }
+#endif
     /* masks and biases: DENSE layout over the logical key axis of each batch entry */
     struct attn_scoresrc mask, bias;
     {
@@ -903,17 +1038,59 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
 
 /* ---- merge ---- */
 
+#ifdef CFLASH_HAVE_CUDA
+/* t (if given) lives where o1 does. */
+static enum cflash_status merge_check_device(const char *name, const struct cflash_tensor *t,
+                                             const struct cflash_tensor *o1) {
+    if (!t || (t->device == o1->device && t->device_id == o1->device_id)) return CFLASH_STATUS_OK;
+    return INVALID("%s: must be on o1's device (cuda:%d), got %s:%d", name, (int)o1->device_id,
+                   t->device == CFLASH_DEVICE_CPU ? "cpu" : "cuda", (int)t->device_id);
+}
+
+/* Validated merge on CUDA tensors: both layouts as [B, T, H, Dv] with lse [B, H, T]. */
+static enum cflash_status cuda_merge_route(const struct cflash_tensor *o1, const struct cflash_tensor *lse1,
+                                           const struct cflash_tensor *o2, const struct cflash_tensor *lse2,
+                                           const struct cflash_tensor *out, const struct cflash_tensor *lse_out) {
+    const int rank = o1->ndim;
+    struct cuda_merge m;
+    memset(&m, 0, sizeof m);
+    m.o1 = o1->data; m.o2 = o2->data; m.out = out->data;
+    m.lse1 = lse1->data; m.lse2 = lse2->data; m.lse_out = lse_out ? lse_out->data : NULL;
+    m.dtype = o1->dtype; m.out_dtype = out->dtype;
+    m.B = rank == 4 ? o1->shape[0] : 1;
+    m.T = o1->shape[rank - 3]; m.H = o1->shape[rank - 2]; m.Dv = o1->shape[rank - 1];
+    const struct cflash_tensor *os[3] = {o1, o2, out}, *ls[3] = {lse1, lse2, lse_out};
+    int64_t *osd[3] = {m.o1_s, m.o2_s, m.out_s}, *lsd[3] = {m.l1_s, m.l2_s, m.lo_s};
+    for (int i = 0; i < 3; i++) {
+        osd[i][0] = rank == 4 ? os[i]->stride[0] : 0;
+        for (int a = 1; a < 4; a++) osd[i][a] = os[i]->stride[rank - 4 + a];
+        if (!ls[i]) continue;
+        lsd[i][0] = rank == 4 ? ls[i]->stride[0] : 0;
+        for (int a = 1; a < 3; a++) lsd[i][a] = ls[i]->stride[rank - 4 + a];
+    }
+    m.stream = NULL; /* cflash_merge has no parameters: the legacy default stream */
+    return cuda_merge_launch(&m);
+}
+#endif
+
 enum cflash_status cflash_merge(const struct cflash_tensor *o1, const struct cflash_tensor *lse1,
                                 const struct cflash_tensor *o2, const struct cflash_tensor *lse2,
                                 const struct cflash_tensor *out,
                                 const struct cflash_tensor *lse_out) {
     if (!o1) return INVALID("o1: must not be NULL");
-    CHECK(require_cpu("o1", o1));
-    CHECK(require_cpu("lse1", lse1));
-    CHECK(require_cpu("o2", o2));
-    CHECK(require_cpu("lse2", lse2));
-    CHECK(require_cpu("out", out));
-    CHECK(require_cpu("lse_out", lse_out));
+#ifdef CFLASH_HAVE_CUDA
+    const int on_cuda = o1->device == CFLASH_DEVICE_CUDA; /* then every tensor on o1's device */
+#else
+    const int on_cuda = 0;
+#endif
+    if (!on_cuda) {
+        CHECK(require_cpu("o1", o1));
+        CHECK(require_cpu("lse1", lse1));
+        CHECK(require_cpu("o2", o2));
+        CHECK(require_cpu("lse2", lse2));
+        CHECK(require_cpu("out", out));
+        CHECK(require_cpu("lse_out", lse_out));
+    }
     const int rank = o1->ndim;
     if (rank != 3 && rank != 4) return INVALID("o1: must have 3 ([T, H, Dv]) or 4 ([B, L, H, Dv]) dimensions, got %d", (int)o1->ndim);
     CHECK(check_tensor("o1", o1, rank));
@@ -944,5 +1121,13 @@ enum cflash_status cflash_merge(const struct cflash_tensor *o1, const struct cfl
                 return INVALID("%s: shape[%d] must be %lld (lse layout %s), got %lld", ln[i], a, (long long)want[a], rank == 3 ? "[H, T]" : "[B, H, L]", (long long)ls[i]->shape[a]);
     }
     if (lse_out) CHECK(check_output_layout("lse_out", lse_out));
+#ifdef CFLASH_HAVE_CUDA
+    if (on_cuda) {
+        const struct cflash_tensor *all[5] = {o2, lse1, lse2, out, lse_out};
+        const char *names[5] = {"o2", "lse1", "lse2", "out", "lse_out"};
+        for (int i = 0; i < 5; i++) CHECK(merge_check_device(names[i], all[i], o1));
+        return cuda_merge_route(o1, lse1, o2, lse2, out, lse_out);
+    }
+#endif
     return cpu_merge(o1, lse1, o2, lse2, out, lse_out);
 }

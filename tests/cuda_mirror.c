@@ -109,3 +109,59 @@ enum cflash_status cuda_attn_call(const struct attn_setup *s, struct tbuf *out, 
 }
 
 #endif
+
+/* ---- single-buffer mirrors for the KV-cache and merge cases (test_cuda_kvcache.c declares
+ * these; the caches and outputs come back whole, gaps and padding included) ---- */
+
+#ifdef CFLASH_HAVE_CUDA
+
+/* A device copy of b's whole allocation; *t = b->t pointing into it (device 0), *dev = the
+ * allocation to free with cuda_mirror_free. A tbuf without allocation gives *t = b->t and
+ * *dev = NULL. Returns 0 on failure. */
+int cuda_mirror_tbuf(const struct tbuf *b, struct cflash_tensor *t, void **dev)
+{
+    struct mirror m = {{0}, 0};
+    const int ok = mirror_buf(&m, b, t);
+    *dev = m.n ? m.dev[0] : NULL;
+    return ok;
+}
+
+/* The device copy of b (t from cuda_mirror_tbuf) back into b's host allocation. */
+int cuda_fetch_tbuf(const struct tbuf *b, const struct cflash_tensor *t)
+{
+    return !b->base || fetch_buf(b, t);
+}
+
+void cuda_mirror_free(void *dev)
+{
+    if (dev)
+        cudaFree(dev);
+}
+
+/* Waits for the device; 0 if it reports an error. */
+int cuda_sync_ok(void)
+{
+    return cudaDeviceSynchronize() == cudaSuccess;
+}
+
+#else
+
+int cuda_mirror_tbuf(const struct tbuf *b, struct cflash_tensor *t, void **dev)
+{
+    *t = b->t;
+    *dev = NULL;
+    return 0;
+}
+
+int cuda_fetch_tbuf(const struct tbuf *b, const struct cflash_tensor *t)
+{
+    (void)b;
+    (void)t;
+    return 0;
+}
+
+void cuda_mirror_free(void *dev) { (void)dev; }
+
+int cuda_sync_ok(void) { return 0; }
+
+#endif

@@ -194,6 +194,7 @@ int main(int argc, char **argv)
     register_rotary_tests();
     register_context_tests();
     register_cuda_tests();
+    register_cuda_kvcache_tests();
     tcase_add("api/every_case_in_a_ctest_group", groups_case, NULL, 0);
 
     int passed = 0, failed = 0, skipped = 0;

@@ -70,6 +70,7 @@ void register_split_tests(void);
 void register_rotary_tests(void); /* cases named kvcache/rotary/... */
 void register_context_tests(void);
 void register_cuda_tests(void);
+void register_cuda_kvcache_tests(void); /* cases named cuda/kvcache/... and cuda/merge/... */
 /* `cflash_tests --env-probe`: the child process of test_env.c */
 int env_probe_main(void);
 

@@ -165,7 +165,7 @@ static void misuse_dense(const void *arg)
     const char *arg_name = "q";
     if (which == 2) { k.device = CFLASH_DEVICE_CPU; want = WANT_MIXED; arg_name = "k"; }
     if (which == 3) { p.kernel = CFLASH_KERNEL_REFERENCE; arg_name = "kernel"; }
-    if (which == 4) { mask.device = CFLASH_DEVICE_CUDA; mask.data = FAKE; p.mask = &mask; arg_name = "mask"; }
+    if (which == 4) { p.mask = &mask; want = WANT_MIXED; arg_name = "mask"; } /* a host mask for device q */
     if (which == 5) { q.stride[1] = 2 * 64 + 4; arg_name = "q"; } /* rows not 16-byte aligned */
     if (which == 6) { o.device_id = 1; want = WANT_MIXED; arg_name = "out"; }
 #ifndef CFLASH_HAVE_CUDA
@@ -187,6 +187,16 @@ static void misuse_entry(const void *arg)
     struct cflash_tensor cuq = tdesc(cu, CFLASH_DTYPE_I32, 1, shc);
     enum cflash_status st;
     if (which == 0) { /* merge */
+#ifdef CFLASH_HAVE_CUDA
+        /* served on CUDA (test_cuda_kvcache.c): a host o2 with a device o1 is a mixed-device
+         * call, refused before anything is launched on these fake pointers */
+        struct cflash_tensor o2 = q3;
+        o2.device = CFLASH_DEVICE_CPU;
+        st = cflash_merge(&q3, &lse, &o2, &lse, &q3, &lse);
+        CHECK(st == CFLASH_STATUS_INVALID_ARGUMENT && strncmp(cflash_last_error(), "o2", 2) == 0,
+              "host o2 with device o1: %s (%s)", cflash_status_string(st), cflash_last_error());
+        return;
+#endif
         st = cflash_merge(&q3, &lse, &q3, &lse, &q3, &lse);
     } else if (which == 1) { /* kvcache */
         int32_t lens[1] = {4};
@@ -194,6 +204,11 @@ static void misuse_entry(const void *arg)
         struct cflash_tensor seqlens = tdesc(lens, CFLASH_DTYPE_I32, 1, shs);
         struct cflash_kvcache cache = {.k_cache = &k4, .v_cache = &v4, .cache_seqlens = &seqlens};
         st = cflash_attn_kvcache(&q4, &cache, NULL, NULL, &o4, NULL, NULL);
+#ifdef CFLASH_HAVE_CUDA /* served on CUDA (test_cuda_kvcache.c): host metadata is a mixed-device call */
+        CHECK(st == CFLASH_STATUS_INVALID_ARGUMENT && strncmp(cflash_last_error(), "cache_seqlens", 13) == 0,
+              "host cache_seqlens with device q: %s (%s)", cflash_status_string(st), cflash_last_error());
+        return;
+#endif
     } else if (which == 2) { /* flash-mlm */
         st = cflash_attn_mlm(&q4, &k4, &v4, NULL, NULL, NULL, &o4, NULL, NULL);
     } else { /* varlen with host cu_seqlens for device tensors */
@@ -231,7 +246,7 @@ void register_cuda_tests(void)
     add_grid();
     add_features();
     add_varlen();
-    static const char *dense_names[7] = {"fp32", "D=20", "mixed_devices", "forced_cpu_kernel", "mask",
+    static const char *dense_names[7] = {"fp32", "D=20", "mixed_devices", "forced_cpu_kernel", "host_mask",
                                          "unaligned_rows", "other_device_id"};
     for (int i = 0; i < 7; i++) {
         char name[96];

@@ -58,16 +58,50 @@ def test_varlen_bhsd_and_stream(torch, rng):
     check(back(out), back(lse), lambda rnd: reference.varlen(q, k, v, cu_q, cu_k, causal=True, rnd=rnd), dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_dense_mask_and_bias(torch, rng, dtype):
+    """A bool mask [B, 1, Lq, Lk] and an fp32 bias [1, Hq, 1, Lk] (dense layout, broadcast axes)."""
+    B, Lq, Lk, Hq, Hk, D = 2, 70, 150, 4, 2, 64
+    q, k, v = randn(rng, (B, Lq, Hq, D), dtype), randn(rng, (B, Lk, Hk, D), dtype), randn(rng, (B, Lk, Hk, D), dtype)
+    mask = rng.random((B, 1, Lq, Lk)) < 0.7
+    bias = rng.standard_normal((1, Hq, 1, Lk)).astype(np.float32)
+    out, lse = cflash.attn_dense(cuda(torch, q, dtype), cuda(torch, k, dtype), cuda(torch, v, dtype),
+                                 mask=torch.from_numpy(mask).cuda(), bias=torch.from_numpy(bias).cuda(),
+                                 causal=True, return_lse=True)
+    check(back(out), back(lse), lambda rnd: reference.dense(q, k, v, mask=mask, bias=bias, causal=True, rnd=rnd), dtype)
+
+
+def test_varlen_key_side_mask_query_side_bias(torch, rng):
+    """flash-dmattn's layouts on the GPU: key-side mask [Tk, Hv], query-side bf16 bias [Tq, Hv, max_k]."""
+    dtype, D, Hq, Hk = "float16", 128, 4, 2
+    lq, lk = [3, 0, 90, 40], [50, 7, 130, 0]
+    cu_q, cu_k = np.cumsum([0] + lq), np.cumsum([0] + lk)
+    q, k, v = randn(rng, (cu_q[-1], Hq, D), dtype), randn(rng, (cu_k[-1], Hk, D), dtype), randn(rng, (cu_k[-1], Hk, D), dtype)
+    mask = rng.random((cu_k[-1], Hk)) < 0.6
+    bias = randn(rng, (cu_q[-1], 1, max(lk)), "bfloat16")
+    cq = torch.tensor(cu_q, dtype=torch.int32, device="cuda")
+    ck = torch.tensor(cu_k, dtype=torch.int32, device="cuda")
+    args = (cuda(torch, q, dtype), cuda(torch, k, dtype), cuda(torch, v, dtype), cq, ck)
+    kw = dict(mask=torch.from_numpy(mask).cuda(), bias=cuda(torch, bias, "bfloat16"), return_lse=True)
+    with pytest.raises(ValueError, match="max_seqlen"):  # the lengths are on the device: hints needed
+        cflash.attn_varlen(*args, **kw)
+    out, lse = cflash.attn_varlen(*args, max(lq), max(lk), **kw)
+    check(back(out), back(lse), lambda rnd: reference.varlen(q, k, v, cu_q, cu_k, mask=mask, mask_layout="key_side",
+                                                             bias=bias, bias_layout="query_side", rnd=rnd), dtype)
+
+
 def test_unsupported_on_gpu_raise(torch, rng):
     q = torch.randn(1, 16, 2, 64, device="cuda", dtype=torch.float16)
     with pytest.raises(NotImplementedError, match="float16 or bfloat16"):
         cflash.attn_dense(q.float(), q.float(), q.float())
-    mask = torch.ones(1, 1, 1, 16, dtype=torch.bool, device="cuda")
     out = torch.full_like(q, 7.0)
-    with pytest.raises(NotImplementedError, match="mask"):
-        cflash.attn_dense(q, q, q, mask=mask, out=out)
+    with pytest.raises(NotImplementedError, match="multiples of 8"):
+        cflash.attn_dense(q[..., :20], q[..., :20], q[..., :20], out=out[..., :20])
     assert (out == 7.0).all()
     with pytest.raises(ValueError, match="must be on q's device"):
         cflash.attn_dense(q, q.cpu(), q)
+    with pytest.raises(ValueError, match="must be on q's device"):
+        cflash.attn_dense(q, q, q, mask=torch.ones(1, 1, 1, 16, dtype=torch.bool))
     with pytest.raises(NotImplementedError, match="not served by the CUDA backend"):
-        cflash.merge(q[0], torch.zeros(2, 16, device="cuda"), q[0], torch.zeros(2, 16, device="cuda"))
+        plan = cflash.RangePlan([[0, 16]], [[0, 16]], 16, 16)
+        cflash.attn_range(q[0], q[0], q[0], plan)

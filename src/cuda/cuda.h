@@ -19,6 +19,17 @@
 extern "C" {
 #endif
 
+/* A boolean mask or additive bias on the device: element (b, h, row, col) of a sequence with
+ * origins (qorg, korg) at data[b * sb + (h / hdiv) * sh + (q_local ? i : qorg + i) * sq +
+ * (k_local ? j : korg + j) * sk] for local row i and key j (SPEC.md section 5's three layouts
+ * are this with other strides; broadcast axes have stride 0). data == NULL: absent. */
+struct cuda_scoresrc {
+    const void *data;
+    enum cflash_dtype dtype;       /* mask: uint8 (0 = masked); bias: fp32 | fp16 | bf16 */
+    int64_t sb, sh, sq, sk, hdiv;
+    int32_t q_local, k_local;
+};
+
 /* One forward attention call on the GPU (dense: cu_q == NULL; packed: cu_q, cu_k device int32). */
 struct cuda_fwd {
     const void *q, *k, *v; /* v == k for V := K (or a prefix of K's head dim) */
@@ -39,6 +50,7 @@ struct cuda_fwd {
     int64_t alibi_sb, alibi_sh;
     const float *sinks;    /* NULL or fp32 [Hq] */
     int64_t sinks_sh;
+    struct cuda_scoresrc mask, bias;
     void *stream;          /* cudaStream_t; NULL = the legacy default stream */
 };
 
@@ -49,6 +61,82 @@ enum cflash_status cuda_fwd_select(const struct cuda_fwd *f, enum cuda_fwd_confi
 
 /* Launch (fwd_mma.cu). Asynchronous on f->stream; DEVICE_ERROR if the launch fails. */
 enum cflash_status cuda_fwd_launch(const struct cuda_fwd *f, enum cuda_fwd_config config);
+
+/* ---- KV caches: decode and speculative decode (decode.cu) ----
+ *
+ * One cflash_attn_kvcache call on CUDA tensors with Lq <= CUDA_DECODE_MAX_LQ. Contiguous caches
+ * (block_table == NULL): element (row, t, h, d) of a cache is at row * k_sb + t * k_st + h * k_sh
+ * + d with row = cache_batch_idx[b] (or b). Paged caches: row = block_table[b][t / page_size],
+ * t % page_size in place of t. The metadata (cache_seqlens, cache_batch_idx, block_table) are
+ * device pointers the host never reads; the kernels clamp cache_seqlens[b] to [0, cap - Lnew]
+ * and every row / page id to [0, num_rows), so bad metadata gives unspecified numbers (and, when
+ * two batch entries append to one row, unspecified contents of that row) but no access outside
+ * the tensors. The new keys are appended by a first kernel on the same stream. */
+#define CUDA_DECODE_MAX_LQ 8
+
+struct cuda_kvcache {
+    const void *q;
+    void *k_cache, *v_cache;       /* v_cache == k_cache (same strides) for V := K or K[..., :Dv] */
+    const void *k_new, *v_new;     /* NULL when Lnew == 0; v_new NULL for V := K */
+    void *out;
+    float *lse;                    /* NULL or fp32 [B, Hq, Lq] */
+    enum cflash_dtype dtype, out_dtype;
+    int64_t q_sb, q_st, q_sh;
+    int64_t kc_sb, kc_st, kc_sh, vc_sb, vc_st, vc_sh; /* sb: cache row (contiguous) or page */
+    int64_t kn_sb, kn_st, kn_sh, vn_sb, vn_st, vn_sh;
+    int64_t o_sb, o_st, o_sh, lse_sb, lse_sh, lse_st;
+    int32_t B, Hq, Hk, D, Dv, Lq;
+    int32_t Lnew;                  /* new keys per batch entry, <= cap */
+    int32_t append_v;              /* 1: v_new is written too (0 when V := K, or when v_new / v_cache
+                                      are views of k_new / k_cache, already written with them) */
+    int32_t v_is_k;                /* 1: V rows are the first Dv columns of the K rows (loaded once) */
+    int64_t num_rows;              /* Bc (contiguous) or num_pages (paged) */
+    int32_t page_size;             /* paged: k_cache.shape[1] (capped at 2^31 - 1) */
+    int32_t cap;                   /* keys one batch entry can hold (Lmax, or max_pages * page_size;
+                                      capped at 2^31 - 1; 0 when the cache has no rows) */
+    const int32_t *cache_seqlens;
+    int64_t seqlens_s;
+    const int32_t *cache_batch_idx; /* NULL: row b */
+    int64_t batch_idx_s;
+    const int32_t *block_table;    /* NULL: contiguous */
+    int64_t bt_sb, bt_sp;
+    float scale, softcap;
+    int32_t causal, top_left;
+    int64_t window_left, window_right;
+    const float *alibi;
+    int64_t alibi_sb, alibi_sh;
+    const float *sinks;
+    int64_t sinks_sh;
+    void *stream;                  /* cudaStream_t; NULL = the legacy default stream */
+};
+
+/* Whether the decode kernel serves `f` (a pure host function: dtype, head dims, Lq, alignment,
+ * grid limits). OK with *config (the padded head dim), or UNSUPPORTED naming the reason. */
+enum cflash_status cuda_kvcache_select(const struct cuda_kvcache *f, enum cuda_fwd_config *config);
+
+/* Append, attend, combine: asynchronous on f->stream (the split-KV workspace is taken with
+ * cudaMallocAsync and given back with cudaFreeAsync on that stream; the host never waits).
+ * OUT_OF_MEMORY when the workspace cannot be had (nothing written then), DEVICE_ERROR when a
+ * CUDA call fails. CFLASH_DECODE_SPLITS=n (1..256) forces the split count (tests, experiments). */
+enum cflash_status cuda_kvcache_launch(const struct cuda_kvcache *f, enum cuda_fwd_config config);
+
+/* ---- state merge (merge.cu) ----
+ * cflash_merge on CUDA tensors, both layouts viewed as [B, T, H, Dv] (rank 3: B = 1, batch
+ * strides 0) with lse [B, H, T]. Any element strides; out / lse_out may alias o1 / lse1 element
+ * for element. Runs on the legacy default stream (cflash_merge takes no parameters). */
+struct cuda_merge {
+    const void *o1, *o2;
+    void *out;
+    const float *lse1, *lse2;
+    float *lse_out;                /* NULL: not written */
+    enum cflash_dtype dtype, out_dtype;
+    int64_t B, T, H, Dv;
+    int64_t o1_s[4], o2_s[4], out_s[4]; /* strides of (b, t, h, d) */
+    int64_t l1_s[3], l2_s[3], lo_s[3];  /* strides of (b, h, t) */
+    void *stream;
+};
+
+enum cflash_status cuda_merge_launch(const struct cuda_merge *m);
 
 #ifdef __cplusplus
 }

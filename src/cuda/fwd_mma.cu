@@ -108,6 +108,13 @@ __device__ __forceinline__ void load_tile(uint32_t s, const T *g, int64_t stride
     }
 }
 
+/* one bias element as fp32 */
+__device__ __forceinline__ float load_score_src(const struct cuda_scoresrc &src, int64_t off) {
+    if (src.dtype == CFLASH_DTYPE_F16) return __half2float(((const __half *)src.data)[off]);
+    if (src.dtype == CFLASH_DTYPE_BF16) return __bfloat162float(((const __nv_bfloat16 *)src.data)[off]);
+    return ((const float *)src.data)[off];
+}
+
 /* ---- the tile table: one row per padded head dim (select.c picks the row) ----
  * MT  m16 tiles per warp (B fragments of K and V are reused MT times: at MT = 1 an H100 SM
  *     would need two shared-memory reads per mma, more than its bandwidth)
@@ -185,7 +192,13 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     const int full_lo = lo_of(row0 + rows - 1), full_hi = hi_of(row0);
     const float slope2 = f.alibi ? f.alibi[(int64_t)b * f.alibi_sb + (int64_t)h * f.alibi_sh] * LOG2E_F : 0.0f;
     const float scale2 = f.scale * LOG2E_F;
-    const bool score_mods = f.softcap > 0.0f || f.alibi;
+    const bool score_mods = f.softcap > 0.0f || f.alibi || f.bias.data;
+    /* masks and biases (SPEC section 5): this block's origin in each source */
+    const bool mask_or_bias = f.mask.data || f.bias.data;
+    const int64_t mask_base = (int64_t)b * f.mask.sb + (int64_t)(h / (f.mask.hdiv > 0 ? f.mask.hdiv : 1)) * f.mask.sh +
+                              (f.mask.q_local ? 0 : qorg) * f.mask.sq + (f.mask.k_local ? 0 : korg) * f.mask.sk;
+    const int64_t bias_base = (int64_t)b * f.bias.sb + (int64_t)(h / (f.bias.hdiv > 0 ? f.bias.hdiv : 1)) * f.bias.sh +
+                              (f.bias.q_local ? 0 : qorg) * f.bias.sq + (f.bias.k_local ? 0 : korg) * f.bias.sk;
     const float sc = score_mods || scale2 <= 0.0f ? 1.0f : scale2; /* scale left for exp2 */
     const float softcap2 = f.softcap * LOG2E_F, cap_in = f.softcap > 0.0f ? f.scale / f.softcap : 0.0f;
     const int row_base = row0 + warp * 16 * MT + lane / 4;       /* this thread's first row */
@@ -288,6 +301,22 @@ fwd_mma_kernel(const struct cuda_fwd f) {
 #pragma unroll
                         for (int e = 0; e < 4; e++) s[mt][nt][e] *= scale2;
             } /* else the scale is applied inside exp2 (one FFMA per score) */
+            if (mask_or_bias) { /* read per score from global memory (L1/L2 resident), inside the sequence only */
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int i = row_base + mt * 16 + (e / 2) * 8;
+                            const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
+                            if (i >= lq || j >= lk) continue;
+                            if (f.bias.data)
+                                s[mt][nt][e] += LOG2E_F * load_score_src(f.bias, bias_base + i * f.bias.sq + j * f.bias.sk);
+                            if (f.mask.data && ((const uint8_t *)f.mask.data)[mask_base + i * f.mask.sq + j * f.mask.sk] == 0)
+                                s[mt][nt][e] = -INFINITY;
+                        }
+            }
             if (!(cs >= full_lo && cs + SUB - 1 <= full_hi)) { /* some row does not see all of it */
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++)

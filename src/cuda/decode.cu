@@ -1,0 +1,703 @@
+/*
+ * decode.cu - attention over a KV cache for short queries (Lq <= 8: decode and speculative
+ * decode) on tensor cores, split over the key axis when the batch and the KV heads alone cannot
+ * fill the GPU (flash-decoding), with the two small kernels around it: the in-place append of
+ * the new keys and values, and the combine of the split partial states (SPEC.md section 7).
+ *
+ * Schedule: one thread block owns one (batch entry, KV head, key split) and all Lq x G query
+ * rows of that KV head (G = Hq / Hk, up to DEC_ROWS rows; more rows take more blocks), so each
+ * key and value row is read from memory once per KV head. The block streams its key range
+ * through a multi-stage cp.async pipeline (16-byte copies, STAGES - 1 stages in flight while one
+ * is computed); for each stage S = Q K^T and O += P V run on mma.sync m16n8k16 exactly as in
+ * fwd_mma.cu (ldmatrix, fp32 accumulators, base-2 online softmax, P rounded to the input type).
+ * Few rows cannot feed four warps with 16-row tiles, so the warps split the keys of a stage
+ * instead (4 warps x 16 keys for <= 16 rows, 2 x 32 for <= 32, 1 x 64 for <= 64), each keeping
+ * its own softmax state; the states are merged through shared memory at the end. Paged caches
+ * address every key row through the block table (any page size); the addressing is per row, so
+ * a page of one row costs what a contiguous row costs.
+ *
+ * What it is not: prefill over a cache (Lq > 8 is UNSUPPORTED for now), rotary embedding, masks
+ * and biases (UNSUPPORTED on CUDA tensors), or a Hopper wgmma/TMA kernel.
+ *
+ * Device metadata (cache_seqlens, cache_batch_idx, block_table) is read only by the kernels,
+ * never on the host: each length is clamped to the cache capacity and each row / page id to the
+ * tensor, so bad metadata gives unspecified numbers but never an access out of bounds.
+ */
+#include "cuda/cuda.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+extern "C" enum cflash_status cflash_set_error(enum cflash_status st, const char *fmt, ...);
+extern "C" const char *api_dtype_name(enum cflash_dtype t);
+
+namespace {
+
+constexpr float LOG2E_F = 1.4426950408889634f;
+constexpr float LN2_F = 0.6931471805599453f;
+
+/* ---- small named wrappers around the PTX these kernels need (as fwd_mma.cu) ---- */
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pred) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    const int n = pred ? 16 : 0; /* 0: no global read, the 16 bytes are zero-filled */
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+/* wait until at most N of this thread's commit groups are still in flight */
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *smem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *smem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+}
+
+/* c += a (16x16, row) * b (16x8, col), fp32 accumulators */
+__device__ __forceinline__ void mma_m16n8k16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1, __half) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_m16n8k16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1, __nv_bfloat16) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack2(float x, float y, __half) {
+    __half2 h = __floats2half2_rn(x, y);
+    return *(uint32_t *)&h;
+}
+__device__ __forceinline__ uint32_t pack2(float x, float y, __nv_bfloat16) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+    return *(uint32_t *)&h;
+}
+
+/* Shared-memory tiles are rows of DP elements in 16-byte chunks; chunk c of row r is stored at
+ * chunk c ^ (r % 8), so the 8 rows one ldmatrix matrix reads fall in 8 different bank groups. */
+template <int DP>
+__device__ __forceinline__ int swz(int row, int chunk) {
+    return row * DP + ((chunk ^ (row & 7)) << 3);
+}
+
+/* Two adjacent output elements (col, col + 1) of a row: out dtype fp32, or the input type T. */
+template <typename T>
+__device__ __forceinline__ void store_pair(void *row, enum cflash_dtype odt, int col, float x, float y) {
+    if (odt == CFLASH_DTYPE_F32)
+        *(float2 *)((float *)row + col) = make_float2(x, y);
+    else
+        *(uint32_t *)((T *)row + col) = pack2(x, y, T());
+}
+
+/* ---- geometry ----
+ * DEC_ROWS query rows per block: one 16-row mma tile per warp when every warp owns rows.
+ * DEC_BN keys per pipeline stage: the smallest stage that still gives each of 4 warps one
+ * 16-key mma step. STAGES by padded head dim: the K and V tiles of a stage are
+ * 2 * DEC_BN * DP * 2 bytes (16 / 32 / 64 KB); with the Q tile the block takes 72 / 112 / 160 KB
+ * of shared memory, so an H100 SM holds 3 / 2 / 1 blocks (and A100's 164 KB one D = 256 block),
+ * each with (STAGES - 1) stages in flight: 48 to 128 KB per SM, far above the ~20 KB per SM that
+ * 3 TB/s at ~1 us of memory latency needs. */
+constexpr int DEC_WARPS = 4;
+constexpr int DEC_THREADS = 32 * DEC_WARPS;
+constexpr int DEC_ROWS = 16 * DEC_WARPS;
+constexpr int DEC_BN = 64;
+template <int DP> struct decode_tile;
+template <> struct decode_tile<64>  { static constexpr int STAGES = 4; };
+template <> struct decode_tile<128> { static constexpr int STAGES = 3; };
+template <> struct decode_tile<256> { static constexpr int STAGES = 2; };
+
+template <int DP>
+__host__ __device__ constexpr int decode_smem_bytes() {
+    return (DEC_ROWS + decode_tile<DP>::STAGES * 2 * DEC_BN) * DP * 2;
+}
+/* the end-of-block merge of the warps' states reuses the same memory */
+template <int DP>
+__host__ __device__ constexpr int decode_merge_bytes() {
+    return (DEC_WARPS * 16 * DP + 2 * DEC_WARPS * 16) * 4;
+}
+
+/* Split-KV limits: at most DECODE_MAX_SPLITS splits, and by default at least
+ * MIN_SPLIT_BLOCKS key blocks (256 keys) of capacity per split, so a split's pipeline fill and
+ * its partial state (Lq x G rows x Dv fp32 written and read back) stay small next to its keys. */
+constexpr int DECODE_MAX_SPLITS = 128;
+constexpr int HEURISTIC_MAX_SPLITS = 64;
+constexpr int MIN_SPLIT_BLOCKS = 4;
+/* The combine kernel: one warp per query row. */
+constexpr int COMBINE_WARPS = 4;
+/* The append kernel: one block per (new key, KV head, batch entry). */
+constexpr int APPEND_THREADS = 128;
+/* Keys of one sequence: 32-bit key indices with room for one stage past the end. */
+constexpr int64_t DECODE_MAX_KEYS = ((int64_t)1 << 31) - 65536;
+
+struct decode_plan {
+    int splits;      /* blocks along the key axis (1: the decode kernel writes out / lse) */
+    int row_tiles;   /* blocks along the query rows of one KV head: ceil(Lq * G / DEC_ROWS) */
+    int row_groups;  /* warps along the rows (1, 2 or 4); DEC_WARPS / row_groups share a stage's keys */
+    float *ws_o;     /* splits > 1: fp32 [splits][B * Lq * Hq][Dv], each row normalized */
+    float *ws_lse;   /* splits > 1: fp32 [splits][B * Lq * Hq], base-2 LSE (-inf: no key) */
+};
+
+/* ---- the sequence of batch entry b, clamped to the tensors ---- */
+
+/* Keys already in the cache: cache_seqlens[b] clamped to [0, cap - Lnew] (host: Lnew <= cap). */
+__device__ __forceinline__ int seq_start(const cuda_kvcache &f, int b) {
+    const int64_t s = f.cache_seqlens[(int64_t)b * f.seqlens_s];
+    const int64_t room = (int64_t)f.cap - f.Lnew;
+    return (int)(s < 0 ? 0 : s > room ? room : s);
+}
+
+/* Contiguous caches: the cache row of batch entry b, clamped to [0, num_rows). */
+__device__ __forceinline__ int64_t cache_row(const cuda_kvcache &f, int b) {
+    if (!f.cache_batch_idx || f.block_table) return b;
+    const int64_t r = f.cache_batch_idx[(int64_t)b * f.batch_idx_s];
+    return r < 0 ? 0 : r >= f.num_rows ? f.num_rows - 1 : r;
+}
+
+/* Element offsets (head 0, column 0) of logical key t (0 <= t < cap) of batch entry b in the K
+ * and V caches. Paged: page block_table[b][t / page_size] (t < cap <= max_pages * page_size keeps
+ * the table index in range; the page id is clamped). */
+struct key_loc { int64_t k, v; };
+__device__ __forceinline__ key_loc key_at(const cuda_kvcache &f, int b, int64_t row, int t) {
+    int64_t pos = t;
+    if (f.block_table) {
+        const int p = t / f.page_size;
+        pos = t - p * f.page_size;
+        const int64_t id = f.block_table[(int64_t)b * f.bt_sb + (int64_t)p * f.bt_sp];
+        row = id < 0 ? 0 : id >= f.num_rows ? f.num_rows - 1 : id;
+    }
+    key_loc at;
+    at.k = row * f.kc_sb + pos * f.kc_st;
+    at.v = row * f.vc_sb + pos * f.vc_st;
+    return at;
+}
+
+/* ---- append: k_new / v_new rows to positions cache_seqlens[b] + t (2-byte elements) ---- */
+
+__global__ void __launch_bounds__(APPEND_THREADS)
+kv_append_kernel(const cuda_kvcache f) {
+    const int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const key_loc at = key_at(f, b, cache_row(f, b), seq_start(f, b) + t);
+    const uint16_t *kn = (const uint16_t *)f.k_new + (int64_t)b * f.kn_sb + (int64_t)t * f.kn_st + (int64_t)h * f.kn_sh;
+    uint16_t *kc = (uint16_t *)f.k_cache + at.k + (int64_t)h * f.kc_sh;
+    for (int d = threadIdx.x; d < f.D; d += APPEND_THREADS) kc[d] = kn[d];
+    if (f.append_v) {
+        const uint16_t *vn = (const uint16_t *)f.v_new + (int64_t)b * f.vn_sb + (int64_t)t * f.vn_st + (int64_t)h * f.vn_sh;
+        uint16_t *vc = (uint16_t *)f.v_cache + at.v + (int64_t)h * f.vc_sh;
+        for (int d = threadIdx.x; d < f.Dv; d += APPEND_THREADS) vc[d] = vn[d];
+    }
+}
+
+/* ---- the decode kernel ----
+ * grid (splits, Hk * row_tiles, B). Rows of a block: r = 0 .. rows - 1 stand for the packed
+ * query row r0 + r = i * G + g (query position i, head kvh * G + g), position-major. */
+template <typename T, int DP>
+__global__ void __launch_bounds__(DEC_THREADS)
+decode_kernel(const cuda_kvcache f, const decode_plan pl) {
+    constexpr int STAGES = decode_tile<DP>::STAGES, CH = DP / 8, DT = DP / 8, NT = DEC_BN / 8;
+    constexpr int STAGE_ELEMS = 2 * DEC_BN * DP; /* K tile, then V tile */
+    static_assert(DEC_THREADS % CH == 0, "each thread copies one fixed chunk column");
+    static_assert(decode_merge_bytes<DP>() <= decode_smem_bytes<DP>(), "the merge reuses the tiles");
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    T *sQ = (T *)smem_raw, *sKV = sQ + DEC_ROWS * DP;
+
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int split = blockIdx.x, tile = blockIdx.y % pl.row_tiles, kvh = blockIdx.y / pl.row_tiles;
+    const int b = blockIdx.z;
+    const int G = f.Hq / f.Hk, lq = f.Lq, r0 = tile * DEC_ROWS;
+    const int rows = min(lq * G - r0, DEC_ROWS);
+    const int WK = DEC_WARPS / pl.row_groups;   /* warps sharing one row tile's keys */
+    const int wr = warp / WK, wk = warp % WK;   /* this warp: rows 16 wr .., keys kbase .. */
+    const int nkw = DEC_BN / WK, kbase = wk * nkw;
+
+    const int lk = seq_start(f, b) + f.Lnew;    /* keys of this sequence, appended ones included */
+    const int64_t crow = cache_row(f, b);
+
+    /* visible keys of query position i: [lo(i), hi(i)] around the diagonal c = i + off (64-bit:
+     * the window sides are clamped to Lq + Lk, beyond which they cut nothing) */
+    const int64_t off = f.top_left ? 0 : (int64_t)lk - lq, span = (int64_t)lq + lk;
+    const int64_t right = f.causal ? 0 : (f.window_right > span ? span : f.window_right);
+    const int64_t left = f.window_left > span ? span : f.window_left;
+    auto lo_of = [=](int i) -> int {
+        const int64_t lo = left >= 0 ? i + off - left : 0;
+        return (int)(lo < 0 ? 0 : lo > lk ? lk : lo);
+    };
+    auto hi_of = [=](int i) -> int {
+        const int64_t hi = right >= 0 ? i + off + right : (int64_t)lk - 1;
+        return (int)(hi > lk - 1 ? lk - 1 : hi < -1 ? -1 : hi);
+    };
+    const int i_first = r0 / G, i_last = (r0 + rows - 1) / G;
+    /* this split's key blocks (whole blocks: the splits never cut a stage), cut to the rows' keys */
+    const int nblk = (lk + DEC_BN - 1) / DEC_BN;
+    const int per = max((nblk + pl.splits - 1) / pl.splits, 1);
+    const int klo = lo_of(i_first), khi = hi_of(i_last);
+    const int nb_lo = max(split * per, klo / DEC_BN);
+    const int nb_hi = khi < 0 ? -1 : min(min(split * per + per, nblk) - 1, khi / DEC_BN);
+    /* a key block needs no per-element test when every row of the block sees all of it */
+    const int full_lo = lo_of(i_last), full_hi = hi_of(i_first);
+
+    /* this thread's two rows (lane / 4 and lane / 4 + 8 of its warp's tile); padding rows past
+     * the last one take the last position's rules and are never stored */
+    int lo_r[2], hi_r[2];
+    int64_t diag_r[2];
+    float slope2_r[2];
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        const int rg = r0 + wr * 16 + lane / 4 + 8 * hr;
+        const int i = min(rg / G, lq - 1), h = kvh * G + rg % G;
+        lo_r[hr] = lo_of(i);
+        hi_r[hr] = hi_of(i);
+        diag_r[hr] = (int64_t)i + lk - lq; /* ALiBi: always the bottom-right diagonal */
+        slope2_r[hr] = f.alibi ? f.alibi[(int64_t)b * f.alibi_sb + (int64_t)h * f.alibi_sh] * LOG2E_F : 0.0f;
+    }
+    const float scale2 = f.scale * LOG2E_F;
+    const bool score_mods = f.softcap > 0.0f || f.alibi;
+    const float sc = score_mods || scale2 <= 0.0f ? 1.0f : scale2; /* scale left for exp2 */
+    const float softcap2 = f.softcap * LOG2E_F, cap_in = f.softcap > 0.0f ? f.scale / f.softcap : 0.0f;
+    const int dq = f.D / 8, dv = f.Dv / 8;
+
+    float o[DT][4];
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+
+    /* Q: the block's rows gathered from their (position, head), zeros past the last row / D */
+    for (int idx = threadIdx.x; idx < DEC_ROWS * CH; idx += DEC_THREADS) {
+        const int r = idx / CH, c = idx % CH, rg = r0 + r;
+        const bool pred = r < rows && c < dq;
+        const T *src = pred ? (const T *)f.q + (int64_t)b * f.q_sb + (int64_t)(rg / G) * f.q_st +
+                                  (int64_t)(kvh * G + rg % G) * f.q_sh + c * 8
+                            : (const T *)f.q;
+        cp_async16(sQ + swz<DP>(r, c), src, pred);
+    }
+
+    /* one stage: keys [nb * DEC_BN, + DEC_BN) of K and V into slot `slot`; keys past lk and chunks
+     * past D / Dv are zero-filled. Each thread copies chunk column c of every (DEC_THREADS / CH)-th
+     * row, so the row's address (a block-table read when paged) is computed once for K and V. */
+    const T *kc = (const T *)f.k_cache + (int64_t)kvh * f.kc_sh;
+    const T *vc = (const T *)f.v_cache + (int64_t)kvh * f.vc_sh;
+    auto load_stage = [&](int nb, int slot) {
+        T *sK = sKV + slot * STAGE_ELEMS, *sV = sK + DEC_BN * DP;
+        const int c = threadIdx.x % CH;
+        for (int r = threadIdx.x / CH; r < DEC_BN; r += DEC_THREADS / CH) {
+            const int t = nb * DEC_BN + r;
+            const bool valid = t < lk;
+            key_loc at;
+            at.k = at.v = 0;
+            if (valid) at = key_at(f, b, crow, t);
+            const bool pk = valid && c < dq;
+            cp_async16(sK + swz<DP>(r, c), pk ? kc + at.k + c * 8 : kc, pk);
+            if (!f.v_is_k) {
+                const bool pv = valid && c < dv;
+                cp_async16(sV + swz<DP>(r, c), pv ? vc + at.v + c * 8 : vc, pv);
+            }
+        }
+    };
+
+    /* pipeline prologue: Q and the first STAGES - 1 stages, one commit group per stage (empty
+     * groups too, so that "stage n is complete" is always "all but STAGES - 2 groups are") */
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (nb_lo + s <= nb_hi) load_stage(nb_lo + s, s);
+        cp_async_commit();
+    }
+
+    for (int nb = nb_lo; nb <= nb_hi; nb++) {
+        const int it = nb - nb_lo, c0 = nb * DEC_BN;
+        cp_async_wait<STAGES - 2>();
+        __syncthreads(); /* stage nb landed (every thread's copies); every warp finished stage nb - 1 */
+        if (nb + STAGES - 1 <= nb_hi) load_stage(nb + STAGES - 1, (it + STAGES - 1) % STAGES);
+        cp_async_commit();
+        const T *sK = sKV + (it % STAGES) * STAGE_ELEMS;
+        const T *sV = f.v_is_k ? sK : sK + DEC_BN * DP;
+
+        /* S = Q K^T over this warp's nkw keys (2, 4 or 8 n tiles) */
+        float s[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+        for (int kc16 = 0; kc16 < DP / 16; kc16++) {
+            if (kc16 * 2 >= dq) break;
+            uint32_t a[4];
+            ldmatrix_x4(a, sQ + swz<DP>(wr * 16 + lane % 16, kc16 * 2 + lane / 16));
+#pragma unroll
+            for (int np = 0; np < NT / 2; np++) {
+                if (np * 16 >= nkw) break;
+                uint32_t bk[4];
+                ldmatrix_x4(bk, sK + swz<DP>(kbase + np * 16 + (lane / 16) * 8 + lane % 8, kc16 * 2 + (lane / 8) % 2));
+                mma_m16n8k16(s[2 * np], a, bk[0], bk[1], T());
+                mma_m16n8k16(s[2 * np + 1], a, bk[2], bk[3], T());
+            }
+        }
+
+        /* score rules in base 2 (as fwd_mma.cu: each rule its own block-uniform loop) */
+        if (score_mods) {
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                if (nt * 8 >= nkw) break;
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float x = s[nt][e];
+                    x = f.softcap > 0.0f ? softcap2 * tanhf(x * cap_in) : x * scale2;
+                    if (f.alibi) {
+                        const int j = c0 + kbase + nt * 8 + 2 * (lane % 4) + (e & 1);
+                        x -= slope2_r[e / 2] * fabsf((float)(j - diag_r[e / 2]));
+                    }
+                    s[nt][e] = x;
+                }
+            }
+        } else if (scale2 <= 0.0f) { /* a negative scale turns maxima into minima: scale first */
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[nt][e] *= scale2;
+        } /* else the scale is applied inside exp2 (one FFMA per score) */
+        if (!(c0 >= full_lo && c0 + DEC_BN - 1 <= full_hi)) { /* some row does not see all of it */
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int j = c0 + kbase + nt * 8 + 2 * (lane % 4) + (e & 1);
+                    if (j < lo_r[e / 2] || j > hi_r[e / 2]) s[nt][e] = -INFINITY;
+                }
+        }
+
+        /* online softmax over this warp's keys (rows are shared by the 4 lanes of a quad) */
+        float corr[2];
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+                if (nt * 8 < nkw) mx = fmaxf(mx, fmaxf(s[nt][2 * hr], s[nt][2 * hr + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mnew = fmaxf(m[hr], mx * sc);
+            const float muse = mnew == -INFINITY ? 0.0f : mnew; /* no key yet: keep exp2 finite */
+            corr[hr] = exp2f(m[hr] - muse);
+            m[hr] = mnew;
+            float sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                if (nt * 8 >= nkw) break;
+                s[nt][2 * hr] = exp2f(fmaf(s[nt][2 * hr], sc, -muse));
+                s[nt][2 * hr + 1] = exp2f(fmaf(s[nt][2 * hr + 1], sc, -muse));
+                sum += s[nt][2 * hr] + s[nt][2 * hr + 1];
+            }
+            l[hr] = l[hr] * corr[hr] + sum;
+        }
+        /* O is rescaled only when a row maximum moved (a warp-uniform vote, as fwd_mma.cu) */
+        if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f)) {
+#pragma unroll
+            for (int dt = 0; dt < DT; dt++) {
+                o[dt][0] *= corr[0];
+                o[dt][1] *= corr[0];
+                o[dt][2] *= corr[1];
+                o[dt][3] *= corr[1];
+            }
+        }
+
+        /* O += P V: the S accumulators of n tiles 2kc and 2kc + 1 are the A fragment of keys
+         * [16 kc, 16 kc + 16) of this warp */
+#pragma unroll
+        for (int kc = 0; kc < NT / 2; kc++) {
+            if (kc * 16 >= nkw) break;
+            uint32_t a[4];
+            a[0] = pack2(s[2 * kc][0], s[2 * kc][1], T());
+            a[1] = pack2(s[2 * kc][2], s[2 * kc][3], T());
+            a[2] = pack2(s[2 * kc + 1][0], s[2 * kc + 1][1], T());
+            a[3] = pack2(s[2 * kc + 1][2], s[2 * kc + 1][3], T());
+            const int vrow = kbase + kc * 16 + ((lane / 8) % 2) * 8 + lane % 8;
+#pragma unroll
+            for (int dp = 0; dp < DP / 16; dp++) {
+                if (dp * 2 >= dv) break;
+                uint32_t bv[4];
+                ldmatrix_x4_trans(bv, sV + swz<DP>(vrow, dp * 2 + lane / 16));
+                mma_m16n8k16(o[2 * dp], a, bv[0], bv[1], T());
+                mma_m16n8k16(o[2 * dp + 1], a, bv[2], bv[3], T());
+            }
+        }
+    }
+
+    /* merge the states of the warps that shared a row tile's keys, through shared memory:
+     * sO [warp][16][DP] unnormalized fp32 O, sM / sL [warp][16] row maximum and sum (base 2) */
+    cp_async_wait<0>();
+    __syncthreads(); /* every warp is done with the tiles (and no copy is in flight): reuse them */
+    float *sO = (float *)smem_raw, *sM = sO + DEC_WARPS * 16 * DP, *sL = sM + DEC_WARPS * 16;
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        float sum = l[hr];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const int rr = warp * 16 + lane / 4 + 8 * hr;
+        if (lane % 4 == 0) {
+            sM[rr] = m[hr];
+            sL[rr] = sum;
+        }
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) {
+            const int col = dt * 8 + 2 * (lane % 4);
+            if (col < f.Dv) *(float2 *)(sO + rr * DP + col) = make_float2(o[dt][2 * hr], o[dt][2 * hr + 1]);
+        }
+    }
+    __syncthreads();
+
+    /* one (row, column pair) per thread and step: the merged row, then out / lse (one split) or
+     * this split's partial state (normalized O and base-2 LSE) for the combine kernel */
+    const int pairs = f.Dv / 2;
+    const int64_t nrows_all = (int64_t)f.B * lq * f.Hq;
+    for (int idx = threadIdx.x; idx < rows * pairs; idx += DEC_THREADS) {
+        const int r = idx / pairs, col = 2 * (idx % pairs);
+        const int w0 = (r / 16) * WK, rr = r % 16;
+        float M = -INFINITY;
+        for (int w = 0; w < WK; w++) M = fmaxf(M, sM[(w0 + w) * 16 + rr]);
+        float L = 0.0f, o0 = 0.0f, o1 = 0.0f;
+        for (int w = 0; w < WK && M != -INFINITY; w++) {
+            const float mw = sM[(w0 + w) * 16 + rr];
+            if (mw == -INFINITY) continue; /* that warp saw no key of this row */
+            const float e = exp2f(mw - M);
+            const float2 ov = *(const float2 *)(sO + ((w0 + w) * 16 + rr) * DP + col);
+            L += sL[(w0 + w) * 16 + rr] * e;
+            o0 += ov.x * e;
+            o1 += ov.y * e;
+        }
+        const int rg = r0 + r, i = rg / G, h = kvh * G + rg % G;
+        if (pl.splits == 1) {
+            float mrow = M, factor = 1.0f, sum = L;
+            if (f.sinks) { /* the sink joins the denominator only */
+                const float z2 = f.sinks[(int64_t)h * f.sinks_sh] * LOG2E_F;
+                const float mm = fmaxf(mrow, z2);
+                factor = mm == -INFINITY ? 0.0f : exp2f(mrow - mm);
+                sum = sum * factor + (z2 == -INFINITY ? 0.0f : exp2f(z2 - mm));
+                mrow = mm;
+            }
+            const float inv = sum > 0.0f ? factor / sum : 0.0f;
+            store_pair<T>((char *)f.out + ((int64_t)b * f.o_sb + (int64_t)i * f.o_st + (int64_t)h * f.o_sh) *
+                                              (f.out_dtype == CFLASH_DTYPE_F32 ? 4 : 2),
+                          f.out_dtype, col, o0 * inv, o1 * inv);
+            if (f.lse && col == 0)
+                f.lse[(int64_t)b * f.lse_sb + (int64_t)h * f.lse_sh + (int64_t)i * f.lse_st] =
+                    sum > 0.0f ? mrow * LN2_F + logf(sum) : -INFINITY;
+        } else {
+            const int64_t n = ((int64_t)b * lq + i) * f.Hq + h, at = (int64_t)split * nrows_all + n;
+            const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+            *(float2 *)(pl.ws_o + at * f.Dv + col) = make_float2(o0 * inv, o1 * inv);
+            if (col == 0) pl.ws_lse[at] = L > 0.0f ? M + log2f(L) : -INFINITY;
+        }
+    }
+}
+
+/* ---- combine: the splits' partial states of one query row (SPEC.md section 7, n-way), plus
+ * the sink; one warp per row n = (b * Lq + i) * Hq + h ---- */
+template <typename T>
+__global__ void __launch_bounds__(COMBINE_WARPS * 32)
+decode_combine_kernel(const cuda_kvcache f, const decode_plan pl) {
+    __shared__ float sW[COMBINE_WARPS][DECODE_MAX_SPLITS];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int64_t nrows_all = (int64_t)f.B * f.Lq * f.Hq;
+    const int64_t n = (int64_t)blockIdx.x * COMBINE_WARPS + warp;
+    if (n >= nrows_all) return; /* warp-uniform */
+    const int h = (int)(n % f.Hq), i = (int)(n / f.Hq % f.Lq), b = (int)(n / ((int64_t)f.Hq * f.Lq));
+    float M = -INFINITY;
+    for (int s = lane; s < pl.splits; s += 32) M = fmaxf(M, pl.ws_lse[(int64_t)s * nrows_all + n]);
+#pragma unroll
+    for (int x = 16; x > 0; x /= 2) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, x));
+    const float z2 = f.sinks ? f.sinks[(int64_t)h * f.sinks_sh] * LOG2E_F : -INFINITY;
+    M = fmaxf(M, z2);
+    float sum = 0.0f;
+    for (int s = lane; s < pl.splits; s += 32) {
+        const float ls = pl.ws_lse[(int64_t)s * nrows_all + n];
+        const float w = ls == -INFINITY ? 0.0f : exp2f(ls - M); /* empty split: weight 0, O unread */
+        sW[warp][s] = w;
+        sum += w;
+    }
+#pragma unroll
+    for (int x = 16; x > 0; x /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, x);
+    if (z2 != -INFINITY) sum += exp2f(z2 - M);
+    __syncwarp();
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    char *orow = (char *)f.out + ((int64_t)b * f.o_sb + (int64_t)i * f.o_st + (int64_t)h * f.o_sh) *
+                                     (f.out_dtype == CFLASH_DTYPE_F32 ? 4 : 2);
+    for (int col = 2 * lane; col < f.Dv; col += 64) {
+        float a0 = 0.0f, a1 = 0.0f;
+        for (int s = 0; s < pl.splits; s++) {
+            const float w = sW[warp][s];
+            if (w == 0.0f) continue;
+            const float2 v = *(const float2 *)(pl.ws_o + ((int64_t)s * nrows_all + n) * f.Dv + col);
+            a0 += w * v.x;
+            a1 += w * v.y;
+        }
+        store_pair<T>(orow, f.out_dtype, col, a0 * inv, a1 * inv);
+    }
+    if (f.lse && lane == 0)
+        f.lse[(int64_t)b * f.lse_sb + (int64_t)h * f.lse_sh + (int64_t)i * f.lse_st] =
+            sum > 0.0f ? M * LN2_F + logf(sum) : -INFINITY;
+}
+
+/* Key splits (flash-decoding), FlashAttention-2's rule on this kernel's numbers: none when the
+ * blocks of the call already fill 80% of the blocks the GPU holds at once (`slots`); else the
+ * smallest split count whose wave efficiency (blocks * s / slots over its ceiling) is within 5%
+ * of the best, at most HEURISTIC_MAX_SPLITS and at most one split per MIN_SPLIT_BLOCKS key
+ * blocks of capacity. Worked (H100, 132 SMs, D = 128: 2 blocks per SM, 264 slots):
+ *   Hq:Hk 32:8, B = 1, L = 32k: 8 blocks; s = 32 gives 256 blocks, efficiency 0.97 (s = 33
+ *     would fill 264 exactly; 0.97 is within 5%), 1024 keys per split;
+ *   B = 8: 64 blocks, s = 4 (256 blocks, 0.97); B = 4, Hk = 8: 32 blocks, s = 8;
+ *   B = 32, Hk = 8: 256 blocks >= 0.8 * 264: no split. */
+int decode_num_splits(int64_t blocks, int64_t slots, int64_t cap_blocks) {
+    if (blocks <= 0 || slots <= 0 || blocks * 5 >= slots * 4) return 1;
+    int64_t smax = cap_blocks / MIN_SPLIT_BLOCKS;
+    smax = smax < 1 ? 1 : smax > HEURISTIC_MAX_SPLITS ? HEURISTIC_MAX_SPLITS : smax;
+    double eff[HEURISTIC_MAX_SPLITS + 1], best = 0.0;
+    for (int s = 1; s <= smax; s++) {
+        const double waves = (double)(blocks * s) / (double)slots;
+        eff[s] = waves / ceil(waves);
+        best = eff[s] > best ? eff[s] : best;
+    }
+    for (int s = 1; s <= smax; s++)
+        if (eff[s] >= 0.95 * best) return s;
+    return 1;
+}
+
+/* CFLASH_DECODE_SPLITS=n forces n splits (1 .. DECODE_MAX_SPLITS); anything else: 0 (the rule). */
+int decode_forced_splits() {
+    const char *env = getenv("CFLASH_DECODE_SPLITS");
+    if (!env || !*env) return 0;
+    char *end;
+    const long n = strtol(env, &end, 10);
+    return *end == '\0' && n >= 1 && n <= DECODE_MAX_SPLITS ? (int)n : 0;
+}
+
+/* A failed runtime call also leaves its error as the thread's "last error": clear it, so that a
+ * later launch check (cudaGetLastError) does not take it for its own. */
+enum cflash_status device_error(const char *what, cudaError_t err) {
+    (void)cudaGetLastError();
+    return cflash_set_error(CFLASH_STATUS_DEVICE_ERROR, "q: CUDA %s failed: %s", what, cudaGetErrorString(err));
+}
+
+template <typename T, int DP>
+enum cflash_status launch_decode(const cuda_kvcache *f) {
+    if (f->B <= 0 || (f->Lq <= 0 && f->Lnew <= 0)) return CFLASH_STATUS_OK;
+    const cudaStream_t stream = (cudaStream_t)f->stream;
+    constexpr int bytes = decode_smem_bytes<DP>();
+    decode_plan pl;
+    pl.ws_o = pl.ws_lse = NULL;
+    const int64_t R = (int64_t)f->Lq * (f->Hq / f->Hk);
+    pl.row_tiles = (int)((R + DEC_ROWS - 1) / DEC_ROWS);
+    const int64_t mtiles = ((R < DEC_ROWS ? R : DEC_ROWS) + 15) / 16;
+    pl.row_groups = mtiles <= 1 ? 1 : mtiles <= 2 ? 2 : 4;
+    pl.splits = 1;
+
+    /* everything that can fail before anything is written: attributes, occupancy, workspace */
+    cudaError_t err = cudaSuccess;
+    if (f->Lq > 0) {
+        int dev = 0, sms = 0, per_sm = 0;
+        err = cudaGetDevice(&dev);
+        if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        if (err == cudaSuccess)
+            err = cudaFuncSetAttribute(decode_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+        if (err == cudaSuccess)
+            err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_kernel<T, DP>, DEC_THREADS, bytes);
+        if (err != cudaSuccess) return device_error("setup of the decode kernel", err);
+        const int forced = decode_forced_splits();
+        const int64_t blocks = (int64_t)f->B * f->Hk * pl.row_tiles;
+        pl.splits = forced ? forced
+                           : decode_num_splits(blocks, (int64_t)sms * (per_sm > 0 ? per_sm : 1),
+                                               ((int64_t)f->cap + DEC_BN - 1) / DEC_BN);
+        if (((int64_t)f->B * f->Lq * f->Hq + COMBINE_WARPS - 1) / COMBINE_WARPS > INT32_MAX)
+            pl.splits = 1; /* the combine grid would not fit (only with a forced split count) */
+        if (pl.splits > 1) {
+            const int64_t nrows_all = (int64_t)f->B * f->Lq * f->Hq;
+            const size_t ws = (size_t)pl.splits * (size_t)nrows_all * (size_t)(f->Dv + 1) * sizeof(float);
+            void *p = NULL;
+            err = cudaMallocAsync(&p, ws, stream);
+            if (err == cudaErrorMemoryAllocation) {
+                (void)cudaGetLastError();
+                return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "q: cannot allocate the %zu-byte split-KV workspace", ws);
+            }
+            if (err != cudaSuccess) return device_error("workspace allocation (cudaMallocAsync)", err);
+            pl.ws_o = (float *)p;
+            pl.ws_lse = pl.ws_o + (size_t)pl.splits * (size_t)nrows_all * (size_t)f->Dv;
+        }
+    }
+
+    (void)cudaGetLastError(); /* launch errors are read back below: start from none */
+    if (f->Lnew > 0) {
+        kv_append_kernel<<<dim3((unsigned)f->Lnew, (unsigned)f->Hk, (unsigned)f->B), APPEND_THREADS, 0, stream>>>(*f);
+        err = cudaGetLastError();
+    }
+    if (err == cudaSuccess && f->Lq > 0) {
+        const dim3 grid((unsigned)pl.splits, (unsigned)(f->Hk * pl.row_tiles), (unsigned)f->B);
+        decode_kernel<T, DP><<<grid, DEC_THREADS, bytes, stream>>>(*f, pl);
+        err = cudaGetLastError();
+        if (err == cudaSuccess && pl.splits > 1) {
+            const int64_t nrows_all = (int64_t)f->B * f->Lq * f->Hq;
+            decode_combine_kernel<T><<<(unsigned)((nrows_all + COMBINE_WARPS - 1) / COMBINE_WARPS), COMBINE_WARPS * 32, 0, stream>>>(*f, pl);
+            err = cudaGetLastError();
+        }
+    }
+    if (pl.ws_o) {
+        const cudaError_t e2 = cudaFreeAsync(pl.ws_o, stream);
+        if (err == cudaSuccess) err = e2;
+    }
+    if (err != cudaSuccess) return device_error("launch of the decode kernels", err);
+    return CFLASH_STATUS_OK;
+}
+
+/* 16-byte copies (cp.async) need 16-byte aligned rows: base pointers and every stride of the
+ * token / head / batch axes a multiple of 8 elements of 2 bytes. */
+bool aligned16(const void *p, int64_t sb, int64_t st, int64_t sh) {
+    return ((uintptr_t)p % 16) == 0 && sb % 8 == 0 && st % 8 == 0 && sh % 8 == 0;
+}
+
+} /* namespace */
+
+extern "C" enum cflash_status cuda_kvcache_select(const struct cuda_kvcache *f, enum cuda_fwd_config *config) {
+    if (f->dtype != CFLASH_DTYPE_F16 && f->dtype != CFLASH_DTYPE_BF16)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes float16 or bfloat16, got %s", api_dtype_name(f->dtype));
+    if (f->Lq > CUDA_DECODE_MAX_LQ)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: KV-cache calls on CUDA tensors take Lq <= %d query rows per sequence (decode, speculative decode), got %d; longer queries over a cache are not served by the CUDA backend yet", CUDA_DECODE_MAX_LQ, (int)f->Lq);
+    if (f->D % 8 || f->Dv % 8)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend needs head dims that are multiples of 8, got D=%d, Dv=%d", (int)f->D, (int)f->Dv);
+    const int dmax = f->D > f->Dv ? f->D : f->Dv;
+    if (dmax > 256)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend supports head dims up to 256, got %d", dmax);
+    if (!aligned16(f->q, f->q_sb, f->q_st, f->q_sh))
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend needs 16-byte aligned rows (pointer and strides multiples of 8 elements)");
+    if (!aligned16(f->k_cache, f->kc_sb, f->kc_st, f->kc_sh))
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "k_cache: the CUDA backend needs 16-byte aligned rows (pointer and strides multiples of 8 elements)");
+    if (!aligned16(f->v_cache, f->vc_sb, f->vc_st, f->vc_sh))
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "v_cache: the CUDA backend needs 16-byte aligned rows (pointer and strides multiples of 8 elements)");
+    /* out is written as pairs of elements */
+    const int64_t oes = f->out_dtype == CFLASH_DTYPE_F32 ? 4 : 2;
+    if ((uintptr_t)f->out % (uintptr_t)(2 * oes) || f->o_sb % 2 || f->o_st % 2 || f->o_sh % 2)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "out: the CUDA backend needs even strides and a pointer aligned to two elements");
+    if (f->B > 65535)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 sequences, got %d", (int)f->B);
+    const int64_t R = (int64_t)f->Lq * (f->Hq / f->Hk), tiles = (R + DEC_ROWS - 1) / DEC_ROWS;
+    if ((int64_t)f->Hk * tiles > 65535)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "k_cache: the CUDA decode kernel takes at most 65535 KV heads x row tiles of %d query rows, got %lld", DEC_ROWS, (long long)(f->Hk * tiles));
+    if (f->cap > DECODE_MAX_KEYS)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "k_cache: the CUDA decode kernel takes caches of at most %lld keys per sequence, this one holds %lld", (long long)DECODE_MAX_KEYS, (long long)f->cap);
+    *config = dmax <= 64 ? CUDA_FWD_D64 : dmax <= 128 ? CUDA_FWD_D128 : CUDA_FWD_D256;
+    return CFLASH_STATUS_OK;
+}
+
+extern "C" enum cflash_status cuda_kvcache_launch(const struct cuda_kvcache *f, enum cuda_fwd_config config) {
+    const bool bf = f->dtype == CFLASH_DTYPE_BF16;
+    switch (config) {
+    case CUDA_FWD_D64: return bf ? launch_decode<__nv_bfloat16, 64>(f) : launch_decode<__half, 64>(f);
+    case CUDA_FWD_D128: return bf ? launch_decode<__nv_bfloat16, 128>(f) : launch_decode<__half, 128>(f);
+    case CUDA_FWD_D256: return bf ? launch_decode<__nv_bfloat16, 256>(f) : launch_decode<__half, 256>(f);
+    }
+    return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: no CUDA decode kernel for this head dim");
+}
