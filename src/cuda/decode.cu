@@ -286,20 +286,30 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
      * row, so the row's address (a block-table read when paged) is computed once for K and V. */
     const T *kc = (const T *)f.k_cache + (int64_t)kvh * f.kc_sh;
     const T *vc = (const T *)f.v_cache + (int64_t)kvh * f.vc_sh;
+    /* A constant trip count: the loop unrolls, so every row's address (and, paged, every
+     * block-table read) is issued before the first copy waits on one; with a per-thread trip
+     * count the block-table reads of a paged cache were serialized with the copies. */
     auto load_stage = [&](int nb, int slot) {
+        constexpr int RSTEP = DEC_THREADS / CH, ROWS_PER_THREAD = DEC_BN / RSTEP;
+        static_assert(DEC_THREADS % CH == 0 && DEC_BN % RSTEP == 0, "stage and block do not divide");
         T *sK = sKV + slot * STAGE_ELEMS, *sV = sK + DEC_BN * DP;
         const int c = threadIdx.x % CH;
-        for (int r = threadIdx.x / CH; r < DEC_BN; r += DEC_THREADS / CH) {
-            const int t = nb * DEC_BN + r;
+        key_loc at[ROWS_PER_THREAD];
+#pragma unroll
+        for (int i = 0; i < ROWS_PER_THREAD; i++) {
+            const int t = nb * DEC_BN + threadIdx.x / CH + i * RSTEP;
+            at[i].k = at[i].v = 0;
+            if (t < lk) at[i] = key_at(f, b, crow, t);
+        }
+#pragma unroll
+        for (int i = 0; i < ROWS_PER_THREAD; i++) {
+            const int r = threadIdx.x / CH + i * RSTEP, t = nb * DEC_BN + r;
             const bool valid = t < lk;
-            key_loc at;
-            at.k = at.v = 0;
-            if (valid) at = key_at(f, b, crow, t);
             const bool pk = valid && c < dq;
-            cp_async16(sK + swz<DP>(r, c), pk ? kc + at.k + c * 8 : kc, pk);
+            cp_async16(sK + swz<DP>(r, c), pk ? kc + at[i].k + c * 8 : kc, pk);
             if (!f.v_is_k) {
                 const bool pv = valid && c < dv;
-                cp_async16(sV + swz<DP>(r, c), pv ? vc + at.v + c * 8 : vc, pv);
+                cp_async16(sV + swz<DP>(r, c), pv ? vc + at[i].v + c * 8 : vc, pv);
             }
         }
     };
