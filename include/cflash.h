@@ -381,6 +381,13 @@ enum cflash_status cflash_merge(const struct cflash_tensor *o1, const struct cfl
                                 const struct cflash_tensor *out,
                                 const struct cflash_tensor *lse_out);
 
+/* cflash_merge queued on a CUDA stream (a cudaStream_t; NULL: the legacy default stream) for
+ * CUDA tensors; for CPU tensors the stream is ignored. cflash_merge is this with NULL. */
+enum cflash_status cflash_merge_on_stream(const struct cflash_tensor *o1, const struct cflash_tensor *lse1,
+                                          const struct cflash_tensor *o2, const struct cflash_tensor *lse2,
+                                          const struct cflash_tensor *out,
+                                          const struct cflash_tensor *lse_out, void *cuda_stream);
+
 /*
  * Workspace the CPU backend allocates per call for these sizes (bytes, all threads together):
  * bounded by the tile sizes, independent of Lq and Lk. Returns 0 for invalid sizes.

@@ -437,8 +437,8 @@ static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, co
                                      const struct cflash_tensor *lse, const struct cflash_attn_params *p,
                                      int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
                                      const struct cflash_tensor *cu_q, const struct cflash_tensor *cu_k,
-                                     int64_t max_seqlen_q, const struct attn_scoresrc *mask,
-                                     const struct attn_scoresrc *bias) {
+                                     int64_t max_seqlen_q, int64_t max_seqlen_k,
+                                     const struct attn_scoresrc *mask, const struct attn_scoresrc *bias) {
     if (p->kernel != CFLASH_KERNEL_AUTO)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: %s is a CPU kernel; CUDA tensors take CFLASH_KERNEL_AUTO", cflash_kernel_name(p->kernel));
     if (B > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 sequences, got %lld", (long long)B);
@@ -462,7 +462,9 @@ static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, co
     if (cu_q) {
         f.cu_q = cu_q->data; f.cu_k = cu_k->data;
         f.cu_q_s = cu_q->stride[0]; f.cu_k_s = cu_k->stride[0];
-        f.max_seqlen_q = max_seqlen_q >= 0 ? max_seqlen_q : f.Lq;
+        /* the grid covers the hint's rows; a hint above Tq covers nothing more */
+        f.max_seqlen_q = max_seqlen_q >= 0 && max_seqlen_q < f.Lq ? max_seqlen_q : f.Lq;
+        f.max_seqlen_k = max_seqlen_k >= 0 && max_seqlen_k < f.Lk ? max_seqlen_k : f.Lk;
     }
     f.scale = p->scale != 0.0f ? p->scale : (float)(1.0 / sqrt((double)D));
     f.softcap = p->softcap;
@@ -485,6 +487,7 @@ static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, co
         dst[i]->hdiv = src[i]->hdiv;
         dst[i]->q_local = src[i]->q_local; dst[i]->k_local = src[i]->k_local;
     }
+    f.device_id = q->device_id;
     f.stream = p->cuda_stream;
     enum cuda_fwd_config config;
     CHECK(cuda_fwd_select(&f, &config));
@@ -509,7 +512,7 @@ enum cflash_status cflash_attn_dense(const struct cflash_tensor *q, const struct
     CHECK(check_call_devices(q, lse, p));
 #ifdef CFLASH_HAVE_CUDA
     if (q->device == CFLASH_DEVICE_CUDA)
-        return cuda_route(4, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, NULL, NULL, -1, &mask, &bias);
+        return cuda_route(4, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, NULL, NULL, -1, -1, &mask, &bias);
 #endif
     if (B == 0 || Lq == 0) return CFLASH_STATUS_OK;
 
@@ -580,7 +583,7 @@ enum cflash_status cflash_attn_varlen(const struct cflash_tensor *q, const struc
                            max_seqlen_q < 0 ? "max_seqlen_q" : "max_seqlen_k");
         CHECK(check_scoresrc("mask", p->mask, p->mask_layout, 1, 1, B, Hq, Hk, max_seqlen_q, max_seqlen_k, Tq, Tk, &mask));
         CHECK(check_scoresrc("bias", p->bias, p->bias_layout, 0, 1, B, Hq, Hk, max_seqlen_q, max_seqlen_k, Tq, Tk, &bias));
-        return cuda_route(3, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, &mask, &bias);
+        return cuda_route(3, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, &mask, &bias);
     }
 #endif
     const int32_t *cq = cu_seqlens_q->data, *ck = cu_seqlens_k->data;
@@ -717,7 +720,8 @@ static enum cflash_status cuda_kvcache_route(const struct cflash_tensor *q, cons
     f.Lq = (int32_t)q->shape[1];
     f.Lnew = (int32_t)Lnew; /* <= room, and room is capped below */
     /* V := K (v_cache NULL) or a view of K's first Dv columns: the K rows hold V; one load */
-    f.v_is_k = f.v_cache == f.k_cache && f.vc_sb == f.kc_sb && f.vc_st == f.kc_st && f.vc_sh == f.kc_sh;
+    f.v_is_k = f.v_cache == f.k_cache && f.vc_sb == f.kc_sb && f.vc_st == f.kc_st && f.vc_sh == f.kc_sh &&
+               f.Dv <= f.D; /* a wider V over the same memory is not a prefix of K */
     if (Lnew > 0) {
         f.k_new = k_new->data;
         f.kn_sb = k_new->stride[0]; f.kn_st = k_new->stride[1]; f.kn_sh = k_new->stride[2];
@@ -753,6 +757,7 @@ static enum cflash_status cuda_kvcache_route(const struct cflash_tensor *q, cons
         f.alibi_sb = a->ndim == 2 ? a->stride[0] : 0;
     }
     if (p->sinks) { f.sinks = p->sinks->data; f.sinks_sh = p->sinks->stride[0]; }
+    f.device_id = q->device_id;
     f.stream = p->cuda_stream; /* masks and biases: refused before this route */
     enum cuda_fwd_config config;
     CHECK(cuda_kvcache_select(&f, &config));
@@ -1050,7 +1055,8 @@ static enum cflash_status merge_check_device(const char *name, const struct cfla
 /* Validated merge on CUDA tensors: both layouts as [B, T, H, Dv] with lse [B, H, T]. */
 static enum cflash_status cuda_merge_route(const struct cflash_tensor *o1, const struct cflash_tensor *lse1,
                                            const struct cflash_tensor *o2, const struct cflash_tensor *lse2,
-                                           const struct cflash_tensor *out, const struct cflash_tensor *lse_out) {
+                                           const struct cflash_tensor *out, const struct cflash_tensor *lse_out,
+                                           void *stream) {
     const int rank = o1->ndim;
     struct cuda_merge m;
     memset(&m, 0, sizeof m);
@@ -1068,7 +1074,8 @@ static enum cflash_status cuda_merge_route(const struct cflash_tensor *o1, const
         lsd[i][0] = rank == 4 ? ls[i]->stride[0] : 0;
         for (int a = 1; a < 3; a++) lsd[i][a] = ls[i]->stride[rank - 4 + a];
     }
-    m.stream = NULL; /* cflash_merge has no parameters: the legacy default stream */
+    m.device_id = o1->device_id;
+    m.stream = stream;
     return cuda_merge_launch(&m);
 }
 #endif
@@ -1077,6 +1084,13 @@ enum cflash_status cflash_merge(const struct cflash_tensor *o1, const struct cfl
                                 const struct cflash_tensor *o2, const struct cflash_tensor *lse2,
                                 const struct cflash_tensor *out,
                                 const struct cflash_tensor *lse_out) {
+    return cflash_merge_on_stream(o1, lse1, o2, lse2, out, lse_out, NULL);
+}
+
+enum cflash_status cflash_merge_on_stream(const struct cflash_tensor *o1, const struct cflash_tensor *lse1,
+                                          const struct cflash_tensor *o2, const struct cflash_tensor *lse2,
+                                          const struct cflash_tensor *out,
+                                          const struct cflash_tensor *lse_out, void *cuda_stream) {
     if (!o1) return INVALID("o1: must not be NULL");
 #ifdef CFLASH_HAVE_CUDA
     const int on_cuda = o1->device == CFLASH_DEVICE_CUDA; /* then every tensor on o1's device */
@@ -1126,7 +1140,7 @@ enum cflash_status cflash_merge(const struct cflash_tensor *o1, const struct cfl
         const struct cflash_tensor *all[5] = {o2, lse1, lse2, out, lse_out};
         const char *names[5] = {"o2", "lse1", "lse2", "out", "lse_out"};
         for (int i = 0; i < 5; i++) CHECK(merge_check_device(names[i], all[i], o1));
-        return cuda_merge_route(o1, lse1, o2, lse2, out, lse_out);
+        return cuda_merge_route(o1, lse1, o2, lse2, out, lse_out, cuda_stream);
     }
 #endif
     return cpu_merge(o1, lse1, o2, lse2, out, lse_out);

@@ -82,7 +82,7 @@ def _layout(name, t, layout):
 
 
 def _params(softmax_scale, causal, align, window, softcap, alibi_slopes, sinks, mask, mask_layout,
-            bias, bias_layout, num_threads, kernel):
+            bias, bias_layout, num_threads, kernel, like=None):
     """The keyword arguments of the extension's attention calls (struct cflash_attn_params)."""
     if window is None:
         window = (-1, -1)
@@ -96,8 +96,8 @@ def _params(softmax_scale, causal, align, window, softcap, alibi_slopes, sinks, 
         scale=0.0 if softmax_scale is None else softmax_scale,
         softcap=softcap, causal=bool(causal), align=_choice("align", align, _ALIGNS),
         window_left=left, window_right=right,
-        alibi_slopes=host_array("alibi_slopes", alibi_slopes, "float32"),
-        sinks=host_array("sinks", sinks, "float32"),
+        alibi_slopes=host_array("alibi_slopes", alibi_slopes, "float32", like),
+        sinks=host_array("sinks", sinks, "float32", like),
         mask=mask, mask_layout=_layout("mask", mask, mask_layout),
         bias=bias, bias_layout=_layout("bias", bias, bias_layout),
         num_threads=num_threads, kernel=kernel)
@@ -155,7 +155,7 @@ def attn_dense(q, k, v=None, *, out=None, lse=None, return_lse=False, out_dtype=
     Dv = _dims("v", v, 4, "[B, Lk, Hk, Dv]")[3] if v is not None else D
     _dims("k", k, 4, "[B, Lk, Hk, D]")
     params = _params(softmax_scale, causal, align, window, softcap, alibi_slopes, sinks, mask,
-                     mask_layout, bias, bias_layout, num_threads, kernel)
+                     mask_layout, bias, bias_layout, num_threads, kernel, like=q)
     _enter("dense", q, k, D, Lq, shape_of(k, "k")[1], params)
     out, lse = _outputs(q, out, (B, Lq, Hq, Dv), out_dtype, lse, (B, Hq, Lq), return_lse)
     _cflash.attn_dense(q, k, v, out, lse, **params)
@@ -181,10 +181,10 @@ def attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seql
     Tq, Hq, D = _dims("q", q, 3, "[Tq, Hq, D]")
     Dv = _dims("v", v, 3, "[Tk, Hk, Dv]")[2] if v is not None else D
     _dims("k", k, 3, "[Tk, Hk, D]")
-    cu_q = host_array("cu_seqlens_q", cu_seqlens_q, "int32")
-    cu_k = host_array("cu_seqlens_k", cu_seqlens_k, "int32")
+    cu_q = host_array("cu_seqlens_q", cu_seqlens_q, "int32", q)
+    cu_k = host_array("cu_seqlens_k", cu_seqlens_k, "int32", q)
     params = _params(softmax_scale, causal, align, window, softcap, alibi_slopes, sinks, mask,
-                     mask_layout, bias, bias_layout, num_threads, kernel)
+                     mask_layout, bias, bias_layout, num_threads, kernel, like=q)
     _enter("varlen", q, k, D, Tq, shape_of(k, "k")[0], params)
     out, lse = _outputs(q, out, (Tq, Hq, Dv), out_dtype, lse, (Hq, Tq), return_lse)
     _cflash.attn_varlen(q, k, v, cu_q, cu_k, -1 if max_seqlen_q is None else max_seqlen_q,
@@ -290,13 +290,13 @@ def attn_kvcache(q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None, *,
     if isinstance(cache_seqlens, numbers.Integral):
         cache_seqlens = [int(cache_seqlens)] * B
     params = _params(softmax_scale, causal, align, window, softcap, alibi_slopes, sinks, mask,
-                     mask_layout, bias, bias_layout, num_threads, kernel)
+                     mask_layout, bias, bias_layout, num_threads, kernel, like=q)
     _enter("kvcache", q, k_cache, D, Lq, _cache_keys(cache_seqlens, k_new) if _env.TRACE else 0,
            params, "paged" if block_table is not None else "cache")
     out, lse = _outputs(q, out, (B, Lq, Hq, Dv), out_dtype, lse, (B, Hq, Lq), return_lse)
-    _cflash.attn_kvcache(q, k_cache, v_cache, host_array("cache_seqlens", cache_seqlens, "int32"),
-                         host_array("cache_batch_idx", cache_batch_idx, "int32"),
-                         host_array("block_table", block_table, "int32"), rotary_cos, rotary_sin,
+    _cflash.attn_kvcache(q, k_cache, v_cache, host_array("cache_seqlens", cache_seqlens, "int32", q),
+                         host_array("cache_batch_idx", cache_batch_idx, "int32", q),
+                         host_array("block_table", block_table, "int32", q), rotary_cos, rotary_sin,
                          bool(rotary_interleaved), k_new, v_new, out, lse, **params)
     return _result(q, out, lse, return_lse)
 
@@ -328,5 +328,6 @@ def merge(o1, lse1, o2, lse2, *, out=None, lse_out=None, return_lse=True, out_dt
     lse_shape = (shape[1], shape[0]) if len(shape) == 3 else (shape[0], shape[2], shape[1])
     _env.check_backend(o1, "o1")
     out, lse_out = _outputs(o1, out, shape, out_dtype, lse_out, lse_shape, return_lse, ("o1", "out", "lse_out"))
-    _cflash.merge(o1, lse1, o2, lse2, out, lse_out)
+    stream = _env.stream_of(o1)
+    _cflash.merge(o1, lse1, o2, lse2, out, lse_out, stream=stream or 0)
     return _result(o1, out, lse_out, return_lse)

@@ -710,10 +710,14 @@ static PyObject *py_attn_mlm(PyObject *self, PyObject *args, PyObject *kwargs) {
     return finish(&a, st);
 }
 
-static PyObject *py_merge(PyObject *self, PyObject *args) {
+static PyObject *py_merge(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"o1", "lse1", "o2", "lse2", "out", "lse_out", "stream", NULL};
     PyObject *o1, *l1, *o2, *l2, *out, *lout;
-    if (!PyArg_ParseTuple(args, "OOOOOO:merge", &o1, &l1, &o2, &l2, &out, &lout)) return NULL;
-    struct dl_args a = {.n = 0};
+    long long stream = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|$L:merge", names, &o1, &l1, &o2, &l2, &out, &lout, &stream))
+        return NULL;
+    struct dl_args a;
+    args_init(&a, kwargs);
     const struct cflash_tensor *to1, *tl1, *to2, *tl2, *to, *tlo;
     if (dl_get(&a, "o1", o1, 0, &to1) || dl_get(&a, "lse1", l1, 0, &tl1) || dl_get(&a, "o2", o2, 0, &to2) ||
         dl_get(&a, "lse2", l2, 0, &tl2) || dl_get(&a, "out", out, ARG_WRITTEN, &to) ||
@@ -721,7 +725,7 @@ static PyObject *py_merge(PyObject *self, PyObject *args) {
         return fail(&a);
     enum cflash_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = cflash_merge(to1, tl1, to2, tl2, to, tlo);
+    st = cflash_merge_on_stream(to1, tl1, to2, tl2, to, tlo, (void *)(intptr_t)stream);
     Py_END_ALLOW_THREADS
     return finish(&a, st);
 }
@@ -1012,7 +1016,8 @@ static PyMethodDef module_methods[] = {
     {"attn_mlm", (PyCFunction)(void (*)(void))py_attn_mlm, METH_VARARGS | METH_KEYWORDS,
      "attn_mlm(q, k, v, cu_seqlens_q, cu_seqlens_k, cache, layer_id, ctx_idx, cumulative, prefill, prefill_mode, "
      "out, lse, **params): cflash_attn_mlm"},
-    {"merge", py_merge, METH_VARARGS, "merge(o1, lse1, o2, lse2, out, lse_out)"},
+    {"merge", (PyCFunction)(void (*)(void))py_merge, METH_VARARGS | METH_KEYWORDS,
+     "merge(o1, lse1, o2, lse2, out, lse_out, *, stream=0): cflash_merge_on_stream"},
     {"describe", py_describe, METH_VARARGS, "describe(x, name='x'): the converter's view of a DLPack tensor, as a dict"},
     {"empty", py_empty, METH_VARARGS, "empty(shape, dtype): an uninitialized Buffer"},
     {"kernel_name", py_kernel_name, METH_O, "kernel_name(k): cflash_kernel_name"},

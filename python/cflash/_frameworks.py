@@ -78,6 +78,10 @@ def empty(like, shape, dtype):
     if kind == TORCH:
         import torch
         return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
+    device = getattr(like, "__dlpack_device__", None)
+    if device is not None and int(device()[0]) not in (1, 3):  # not CPU or pinned host memory
+        raise NotImplementedError(f"outputs for GPU arrays of {type(like).__module__} are not allocated by cflash "
+                                  f"(torch only): pass out= (and lse=)")
     if kind == NUMPY or (kind == DLPACK and dtype != "bfloat16"):
         import numpy
         return numpy.empty(shape, dtype=dtype)
@@ -92,11 +96,15 @@ def finish(like, x):
     return jax.dlpack.from_dlpack(x)
 
 
-def host_array(name, x, dtype):
+def host_array(name, x, dtype, like=None):
     """Small host-side arguments (sequence lengths, ranges, slopes) may be Python sequences or
-    numbers: those become NumPy arrays of `dtype`; tensors pass unchanged."""
+    numbers: those become NumPy arrays of `dtype` (torch tensors on like's GPU when `like` is a
+    torch CUDA tensor: a GPU call takes its metadata on the GPU); tensors pass unchanged."""
     if x is None or hasattr(x, "__dlpack__"):
         return x
+    if like is not None and framework(like) == TORCH and like.is_cuda:
+        import torch
+        return torch.as_tensor(host_array(name, x, dtype), device=like.device)
     import numpy
     try:
         a = numpy.asarray(x)

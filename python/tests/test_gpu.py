@@ -105,3 +105,29 @@ def test_unsupported_on_gpu_raise(torch, rng):
     with pytest.raises(NotImplementedError, match="not served by the CUDA backend"):
         plan = cflash.RangePlan([[0, 16]], [[0, 16]], 16, 16)
         cflash.attn_range(q[0], q[0], q[0], plan)
+
+
+def test_host_metadata_and_side_stream(torch, rng):
+    """flash-attn style GPU calls with Python metadata (an int cache_seqlens, a list of ALiBi
+    slopes: they move to q's GPU), and the merge queued on torch's current side stream."""
+    from cflash.flash_attn import flash_attn_with_kvcache
+    dtype, B, Hq, Hk, D, L = "float16", 2, 8, 2, 64, 96
+    q = randn(rng, (B, 1, Hq, D), dtype)
+    kc, vc = randn(rng, (B, L, Hk, D), dtype), randn(rng, (B, L, Hk, D), dtype)
+    slopes = [0.1 * (h + 1) for h in range(Hq)]
+    out = flash_attn_with_kvcache(cuda(torch, q, dtype), cuda(torch, kc, dtype), cuda(torch, vc, dtype),
+                                  cache_seqlens=50, alibi_slopes=torch.tensor(slopes).cuda())
+    check(back(out), None, lambda rnd: reference.kvcache(q, kc, vc, [50, 50], alibi=np.array(slopes), rnd=rnd)[:1] + (None,),
+          dtype)
+    out2 = cflash.attn_kvcache(cuda(torch, q, dtype), cuda(torch, kc, dtype), cuda(torch, vc, dtype), 50,
+                               alibi_slopes=slopes)
+    assert torch.equal(out, out2)
+    o1, l1 = cflash.attn_dense(cuda(torch, q, dtype), cuda(torch, kc[:, :30], dtype), cuda(torch, vc[:, :30], dtype), return_lse=True)
+    o2, l2 = cflash.attn_dense(cuda(torch, q, dtype), cuda(torch, kc[:, 30:50], dtype), cuda(torch, vc[:, 30:50], dtype), return_lse=True)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        merged, _ = cflash.merge(o1, l1, o2, l2)
+    stream.synchronize()
+    plain = cflash.attn_dense(cuda(torch, q, dtype), cuda(torch, kc[:, :50], dtype), cuda(torch, vc[:, :50], dtype))
+    assert (merged.float() - plain.float()).abs().max().item() < 2e-3

@@ -51,6 +51,8 @@ struct cuda_fwd {
     const float *sinks;    /* NULL or fp32 [Hq] */
     int64_t sinks_sh;
     struct cuda_scoresrc mask, bias;
+    int64_t max_seqlen_k;  /* packed: the hint the mask / bias shapes were checked against */
+    int32_t device_id;     /* the tensors' GPU: the launch runs there (and restores the caller's) */
     void *stream;          /* cudaStream_t; NULL = the legacy default stream */
 };
 
@@ -58,6 +60,12 @@ struct cuda_fwd {
  * *config, or UNSUPPORTED with a message naming the reason. */
 enum cuda_fwd_config { CUDA_FWD_D64 = 0, CUDA_FWD_D128 = 1, CUDA_FWD_D256 = 2 };
 enum cflash_status cuda_fwd_select(const struct cuda_fwd *f, enum cuda_fwd_config *config);
+
+/* Every launcher runs on the tensors' GPU, whatever the caller's current device is, and puts
+ * the caller's current device back (fwd_mma.cu): *prev receives it. DEVICE_ERROR on failure,
+ * naming `name` (the call's first tensor). Calls with nothing to do never touch the device. */
+enum cflash_status cuda_device_enter(const char *name, int32_t device, int *prev);
+void cuda_device_leave(int32_t device, int prev);
 
 /* Launch (fwd_mma.cu). Asynchronous on f->stream; DEVICE_ERROR if the launch fails. */
 enum cflash_status cuda_fwd_launch(const struct cuda_fwd *f, enum cuda_fwd_config config);
@@ -107,6 +115,7 @@ struct cuda_kvcache {
     int64_t alibi_sb, alibi_sh;
     const float *sinks;
     int64_t sinks_sh;
+    int32_t device_id;             /* the tensors' GPU */
     void *stream;                  /* cudaStream_t; NULL = the legacy default stream */
 };
 
@@ -133,6 +142,7 @@ struct cuda_merge {
     int64_t B, T, H, Dv;
     int64_t o1_s[4], o2_s[4], out_s[4]; /* strides of (b, t, h, d) */
     int64_t l1_s[3], l2_s[3], lo_s[3];  /* strides of (b, h, t) */
+    int32_t device_id;             /* the tensors' GPU */
     void *stream;
 };
 

@@ -717,10 +717,16 @@ extern "C" enum cflash_status cuda_kvcache_select(const struct cuda_kvcache *f, 
 
 extern "C" enum cflash_status cuda_kvcache_launch(const struct cuda_kvcache *f, enum cuda_fwd_config config) {
     const bool bf = f->dtype == CFLASH_DTYPE_BF16;
+    if (f->B == 0) return CFLASH_STATUS_OK; /* nothing to do: the device is not touched */
+    int prev;
+    enum cflash_status st = cuda_device_enter("q", f->device_id, &prev);
+    if (st) return st;
     switch (config) {
-    case CUDA_FWD_D64: return bf ? launch_decode<__nv_bfloat16, 64>(f) : launch_decode<__half, 64>(f);
-    case CUDA_FWD_D128: return bf ? launch_decode<__nv_bfloat16, 128>(f) : launch_decode<__half, 128>(f);
-    case CUDA_FWD_D256: return bf ? launch_decode<__nv_bfloat16, 256>(f) : launch_decode<__half, 256>(f);
+    case CUDA_FWD_D64: st = bf ? launch_decode<__nv_bfloat16, 64>(f) : launch_decode<__half, 64>(f); break;
+    case CUDA_FWD_D128: st = bf ? launch_decode<__nv_bfloat16, 128>(f) : launch_decode<__half, 128>(f); break;
+    case CUDA_FWD_D256: st = bf ? launch_decode<__nv_bfloat16, 256>(f) : launch_decode<__half, 256>(f); break;
+    default: st = cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: no CUDA decode kernel for this head dim");
     }
-    return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: no CUDA decode kernel for this head dim");
+    cuda_device_leave(f->device_id, prev);
+    return st;
 }

@@ -174,17 +174,16 @@ fwd_mma_kernel(const struct cuda_fwd f) {
      * here on (select.c caps the token counts at 2^31 - 1; window sides are clamped to Lq + Lk,
      * beyond which they cut nothing): every live register counts at 255 per thread. */
     const int lq = (int)Lq, lk = (int)Lk;
-    const int off = f.top_left ? 0 : lk - lq;
-    const int64_t cap = (int64_t)lq + lk;
-    const int right = f.causal ? 0 : (int)(f.window_right > cap ? cap : f.window_right);
-    const int left = (int)(f.window_left > cap ? cap : f.window_left);
-    auto lo_of = [=](int i) -> int {
-        const int lo = left >= 0 ? i + off - left : 0;
-        return lo < 0 ? 0 : lo > lk ? lk : lo;
+    const int64_t off = f.top_left ? 0 : (int64_t)lk - lq, cap = (int64_t)lq + lk;
+    const int64_t right = f.causal ? 0 : (f.window_right > cap ? cap : f.window_right);
+    const int64_t left = f.window_left > cap ? cap : f.window_left;
+    auto lo_of = [=](int i) -> int { /* 64-bit: i + off +- a window side can pass 2^31 */
+        const int64_t lo = left >= 0 ? i + off - left : 0;
+        return (int)(lo < 0 ? 0 : lo > lk ? lk : lo);
     };
     auto hi_of = [=](int i) -> int {
-        const int hi = right >= 0 ? i + off + right : lk - 1;
-        return hi > lk - 1 ? lk - 1 : hi < -1 ? -1 : hi;
+        const int64_t hi = right >= 0 ? i + off + right : (int64_t)lk - 1;
+        return (int)(hi > lk - 1 ? lk - 1 : hi < -1 ? -1 : hi);
     };
     const int klo = lo_of(row0), khi = hi_of(row0 + rows - 1);
     const int nb_lo = klo / BN, nb_hi = khi >= 0 ? khi / BN : -1;
@@ -195,6 +194,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     const bool score_mods = f.softcap > 0.0f || f.alibi || f.bias.data;
     /* masks and biases (SPEC section 5): this block's origin in each source */
     const bool mask_or_bias = f.mask.data || f.bias.data;
+    const int64_t hint_q = f.cu_q ? f.max_seqlen_q : f.Lq, hint_k = f.cu_q ? f.max_seqlen_k : f.Lk;
     const int64_t mask_base = (int64_t)b * f.mask.sb + (int64_t)(h / (f.mask.hdiv > 0 ? f.mask.hdiv : 1)) * f.mask.sh +
                               (f.mask.q_local ? 0 : qorg) * f.mask.sq + (f.mask.k_local ? 0 : korg) * f.mask.sk;
     const int64_t bias_base = (int64_t)b * f.bias.sb + (int64_t)(h / (f.bias.hdiv > 0 ? f.bias.hdiv : 1)) * f.bias.sh +
@@ -311,6 +311,9 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                             const int i = row_base + mt * 16 + (e / 2) * 8;
                             const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
                             if (i >= lq || j >= lk) continue;
+                            /* the shapes were checked against the hints: a packed sequence longer
+                             * than its hint (bad device metadata) must not read past them */
+                            if (i >= hint_q || j >= hint_k) { s[mt][nt][e] = -INFINITY; continue; }
                             if (f.bias.data)
                                 s[mt][nt][e] += LOG2E_F * load_score_src(f.bias, bias_base + i * f.bias.sq + j * f.bias.sk);
                             if (f.mask.data && ((const uint8_t *)f.mask.data)[mask_base + i * f.mask.sq + j * f.mask.sk] == 0)
@@ -404,6 +407,8 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         }
     }
 
+    cp_async_wait_all(); /* no key block (Lk = 0, all masked): Q's copies must not outlive the block */
+
     /* epilogue: row sums across the quad, the sink, 1 / l, stores */
     const float z2 = f.sinks ? f.sinks[(int64_t)h * f.sinks_sh] * LOG2E_F : -INFINITY;
 #pragma unroll
@@ -464,12 +469,30 @@ static enum cflash_status launch(const struct cuda_fwd *f) {
     return CFLASH_STATUS_OK;
 }
 
+extern "C" enum cflash_status cuda_device_enter(const char *name, int32_t device, int *prev) {
+    cudaError_t err = cudaGetDevice(prev);
+    if (err == cudaSuccess && *prev != device) err = cudaSetDevice(device);
+    if (err != cudaSuccess)
+        return cflash_set_error(CFLASH_STATUS_DEVICE_ERROR, "%s: cannot use CUDA device %d: %s", name, (int)device, cudaGetErrorString(err));
+    return CFLASH_STATUS_OK;
+}
+
+extern "C" void cuda_device_leave(int32_t device, int prev) {
+    if (prev != device) (void)cudaSetDevice(prev);
+}
+
 extern "C" enum cflash_status cuda_fwd_launch(const struct cuda_fwd *f, enum cuda_fwd_config config) {
     const bool bf = f->dtype == CFLASH_DTYPE_BF16;
+    if ((f->cu_q ? f->max_seqlen_q : f->Lq) <= 0 || f->B <= 0) return CFLASH_STATUS_OK; /* nothing to do */
+    int prev;
+    enum cflash_status st = cuda_device_enter("q", f->device_id, &prev);
+    if (st) return st;
     switch (config) {
-    case CUDA_FWD_D64: return bf ? launch<__nv_bfloat16, 64>(f) : launch<__half, 64>(f);
-    case CUDA_FWD_D128: return bf ? launch<__nv_bfloat16, 128>(f) : launch<__half, 128>(f);
-    case CUDA_FWD_D256: return bf ? launch<__nv_bfloat16, 256>(f) : launch<__half, 256>(f);
+    case CUDA_FWD_D64: st = bf ? launch<__nv_bfloat16, 64>(f) : launch<__half, 64>(f); break;
+    case CUDA_FWD_D128: st = bf ? launch<__nv_bfloat16, 128>(f) : launch<__half, 128>(f); break;
+    case CUDA_FWD_D256: st = bf ? launch<__nv_bfloat16, 256>(f) : launch<__half, 256>(f); break;
+    default: st = cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: no CUDA kernel for this head dim");
     }
-    return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: no CUDA kernel for this head dim");
+    cuda_device_leave(f->device_id, prev);
+    return st;
 }

@@ -78,9 +78,13 @@ extern "C" enum cflash_status cuda_merge_launch(const struct cuda_merge *m) {
     const int64_t blocks = (rows + MERGE_WARPS - 1) / MERGE_WARPS;
     if (blocks > INT32_MAX)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "o1: the CUDA merge takes at most %lld rows (B x T x H), got %lld", (long long)INT32_MAX * MERGE_WARPS, (long long)rows);
+    int prev;
+    const enum cflash_status st = cuda_device_enter("o1", m->device_id, &prev);
+    if (st) return st;
     (void)cudaGetLastError(); /* the check below reads this launch's error, not an older one */
     merge_kernel<<<(unsigned)blocks, MERGE_WARPS * 32, 0, (cudaStream_t)m->stream>>>(*m);
     const cudaError_t err = cudaGetLastError();
+    cuda_device_leave(m->device_id, prev);
     if (err != cudaSuccess)
         return cflash_set_error(CFLASH_STATUS_DEVICE_ERROR, "o1: CUDA launch of the merge kernel failed: %s", cudaGetErrorString(err));
     return CFLASH_STATUS_OK;
