@@ -61,6 +61,14 @@ struct cuda_fwd {
 enum cuda_fwd_config { CUDA_FWD_D64 = 0, CUDA_FWD_D128 = 1, CUDA_FWD_D256 = 2 };
 enum cflash_status cuda_fwd_select(const struct cuda_fwd *f, enum cuda_fwd_config *config);
 
+/* The rules every CUDA kernel shares (select.c): fp16 / bf16 inputs, head dims multiples of 8 up
+ * to 256 (*dmax: the larger of D and Dv), 16-byte aligned rows of the three inputs (named in the
+ * message), out written in pairs of elements. */
+struct cuda_rows { const void *p; int64_t sb, st, sh; const char *name; };
+enum cflash_status cuda_check_common(enum cflash_dtype dtype, int32_t D, int32_t Dv, const struct cuda_rows rows[3],
+                                     const void *out, enum cflash_dtype out_dtype, int64_t o_sb, int64_t o_st,
+                                     int64_t o_sh, int *dmax);
+
 /* Every launcher runs on the tensors' GPU, whatever the caller's current device is, and puts
  * the caller's current device back (fwd_mma.cu): *prev receives it. DEVICE_ERROR on failure,
  * naming `name` (the call's first tensor). Calls with nothing to do never touch the device. */

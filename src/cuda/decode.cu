@@ -24,6 +24,7 @@
  * tensor, so bad metadata gives unspecified numbers but never an access out of bounds.
  */
 #include "cuda/cuda.h"
+#include "cuda/ptx.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -40,56 +41,7 @@ namespace {
 constexpr float LOG2E_F = 1.4426950408889634f;
 constexpr float LN2_F = 0.6931471805599453f;
 
-/* ---- small named wrappers around the PTX these kernels need (as fwd_mma.cu) ---- */
-
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pred) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    const int n = pred ? 16 : 0; /* 0: no global read, the 16 bytes are zero-filled */
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-/* wait until at most N of this thread's commit groups are still in flight */
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *smem) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *smem) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
-}
-
-/* c += a (16x16, row) * b (16x8, col), fp32 accumulators */
-__device__ __forceinline__ void mma_m16n8k16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1, __half) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void mma_m16n8k16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1, __nv_bfloat16) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack2(float x, float y, __half) {
-    __half2 h = __floats2half2_rn(x, y);
-    return *(uint32_t *)&h;
-}
-__device__ __forceinline__ uint32_t pack2(float x, float y, __nv_bfloat16) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
-    return *(uint32_t *)&h;
-}
-
-/* Shared-memory tiles are rows of DP elements in 16-byte chunks; chunk c of row r is stored at
- * chunk c ^ (r % 8), so the 8 rows one ldmatrix matrix reads fall in 8 different bank groups. */
-template <int DP>
-__device__ __forceinline__ int swz(int row, int chunk) {
-    return row * DP + ((chunk ^ (row & 7)) << 3);
-}
+/* the PTX wrappers (cp.async, ldmatrix, mma.sync, pack2, swz): cuda/ptx.cuh */
 
 /* Two adjacent output elements (col, col + 1) of a row: out dtype fp32, or the input type T. */
 template <typename T>
@@ -676,34 +628,18 @@ enum cflash_status launch_decode(const cuda_kvcache *f) {
     return CFLASH_STATUS_OK;
 }
 
-/* 16-byte copies (cp.async) need 16-byte aligned rows: base pointers and every stride of the
- * token / head / batch axes a multiple of 8 elements of 2 bytes. */
-bool aligned16(const void *p, int64_t sb, int64_t st, int64_t sh) {
-    return ((uintptr_t)p % 16) == 0 && sb % 8 == 0 && st % 8 == 0 && sh % 8 == 0;
-}
-
 } /* namespace */
 
 extern "C" enum cflash_status cuda_kvcache_select(const struct cuda_kvcache *f, enum cuda_fwd_config *config) {
-    if (f->dtype != CFLASH_DTYPE_F16 && f->dtype != CFLASH_DTYPE_BF16)
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes float16 or bfloat16, got %s", api_dtype_name(f->dtype));
     if (f->Lq > CUDA_DECODE_MAX_LQ)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: KV-cache calls on CUDA tensors take Lq <= %d query rows per sequence (decode, speculative decode), got %d; longer queries over a cache are not served by the CUDA backend yet", CUDA_DECODE_MAX_LQ, (int)f->Lq);
-    if (f->D % 8 || f->Dv % 8)
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend needs head dims that are multiples of 8, got D=%d, Dv=%d", (int)f->D, (int)f->Dv);
-    const int dmax = f->D > f->Dv ? f->D : f->Dv;
-    if (dmax > 256)
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend supports head dims up to 256, got %d", dmax);
-    if (!aligned16(f->q, f->q_sb, f->q_st, f->q_sh))
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend needs 16-byte aligned rows (pointer and strides multiples of 8 elements)");
-    if (!aligned16(f->k_cache, f->kc_sb, f->kc_st, f->kc_sh))
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "k_cache: the CUDA backend needs 16-byte aligned rows (pointer and strides multiples of 8 elements)");
-    if (!aligned16(f->v_cache, f->vc_sb, f->vc_st, f->vc_sh))
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "v_cache: the CUDA backend needs 16-byte aligned rows (pointer and strides multiples of 8 elements)");
-    /* out is written as pairs of elements */
-    const int64_t oes = f->out_dtype == CFLASH_DTYPE_F32 ? 4 : 2;
-    if ((uintptr_t)f->out % (uintptr_t)(2 * oes) || f->o_sb % 2 || f->o_st % 2 || f->o_sh % 2)
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "out: the CUDA backend needs even strides and a pointer aligned to two elements");
+    const struct cuda_rows rows[3] = {{f->q, f->q_sb, f->q_st, f->q_sh, "q"},
+                                      {f->k_cache, f->kc_sb, f->kc_st, f->kc_sh, "k_cache"},
+                                      {f->v_cache, f->vc_sb, f->vc_st, f->vc_sh, "v_cache"}};
+    int dmax;
+    const enum cflash_status st = cuda_check_common(f->dtype, f->D, f->Dv, rows, f->out, f->out_dtype, f->o_sb,
+                                                    f->o_st, f->o_sh, &dmax);
+    if (st) return st;
     if (f->B > 65535)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 sequences, got %d", (int)f->B);
     const int64_t R = (int64_t)f->Lq * (f->Hq / f->Hk), tiles = (R + DEC_ROWS - 1) / DEC_ROWS;

@@ -14,6 +14,7 @@
  * scale * log2(e)); P is rounded to the input type before P V, as in FlashAttention.
  */
 #include "cuda/cuda.h"
+#include "cuda/ptx.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -31,60 +32,7 @@ extern "C" enum cflash_status cflash_set_error(enum cflash_status st, const char
 #endif
 #define LN2_F 0.6931471805599453f
 
-/* ---- small named wrappers around the PTX this kernel needs ---- */
-
-/* Shared memory is addressed with 32-bit shared-window byte addresses (not generic 64-bit
- * pointers): half the registers and integer work for every address of the main loop. */
-__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void cp_async16(uint32_t s, const void *gmem, bool pred) {
-    const int n = pred ? 16 : 0; /* 0: no global read, the 16 bytes are zero-filled */
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], uint32_t s) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], uint32_t s) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
-}
-
-/* c += a (16x16, row) * b (16x8, col), fp32 accumulators */
-__device__ __forceinline__ void mma_m16n8k16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1, __half) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void mma_m16n8k16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1, __nv_bfloat16) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack2(float x, float y, __half) {
-    __half2 h = __floats2half2_rn(x, y);
-    return *(uint32_t *)&h;
-}
-__device__ __forceinline__ uint32_t pack2(float x, float y, __nv_bfloat16) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
-    return *(uint32_t *)&h;
-}
-
-/* Shared-memory tiles are rows of DP elements in 16-byte chunks; chunk c of row r is stored at
- * chunk c ^ (r % 8), so the 8 rows one ldmatrix matrix reads fall in 8 different bank groups. */
-template <int DP>
-__device__ __forceinline__ int swz(int row, int chunk) {
-    return row * DP + ((chunk ^ (row & 7)) << 3);
-}
-/* the byte address of (row, chunk) in a tile of 2-byte elements starting at `base` */
-template <int DP>
-__device__ __forceinline__ uint32_t swz_addr(uint32_t base, int row, int chunk) {
-    return base + 2u * (uint32_t)swz<DP>(row, chunk);
-}
+/* the PTX wrappers (cp.async, ldmatrix, mma.sync, pack2, swz): cuda/ptx.cuh */
 
 /* rows x DP tile from global rows g + r * stride (r < valid_rows, chunk < chunks), zeros elsewhere.
  * Each thread copies one fixed chunk column of every (THREADS / CH)-th row: a constant trip
