@@ -757,6 +757,15 @@ static enum cflash_status cuda_kvcache_route(const struct cflash_tensor *q, cons
         f.alibi_sb = a->ndim == 2 ? a->stride[0] : 0;
     }
     if (p->sinks) { f.sinks = p->sinks->data; f.sinks_sh = p->sinks->stride[0]; }
+    if (cache->rotary_cos) { /* positions are clamped to the table in the kernels (the host cannot read them) */
+        const struct cflash_tensor *rc = cache->rotary_cos;
+        f.rot_cos = rc->data; f.rot_sin = cache->rotary_sin->data; f.rot_dtype = rc->dtype;
+        f.rot_s0 = rc->stride[0]; f.rot_s1 = rc->stride[1];
+        f.rot_half = (int32_t)rc->shape[1];
+        f.rot_rows = rc->shape[0];
+        f.rot_interleaved = cache->rotary_interleaved;
+        f.rot_q_per_row = p->causal || p->window_left != -1 || p->window_right != -1;
+    }
     f.device_id = q->device_id;
     f.stream = p->cuda_stream; /* masks and biases: refused before this route */
     enum cuda_fwd_config config;
@@ -764,6 +773,26 @@ static enum cflash_status cuda_kvcache_route(const struct cflash_tensor *q, cons
     return cuda_kvcache_launch(&f, config);
 }
 #endif
+
+/* The rotary tables of a cache call, as far as the host can see them (shapes, dtypes, strides;
+ * the positions they are read at depend on cache_seqlens). */
+static enum cflash_status check_rotary(const struct cflash_kvcache *cache, const struct cflash_tensor *k_new, int64_t D) {
+    const struct cflash_tensor *rc = cache->rotary_cos, *rs = cache->rotary_sin;
+    if (!rc || !rs) return INVALID("%s: rotary_cos and rotary_sin go together", rc ? "rotary_sin" : "rotary_cos");
+    if (!k_new) return INVALID("rotary_cos: rotary embedding needs k_new (it rotates the appended keys)");
+    CHECK(check_tensor("rotary_cos", rc, 2));
+    CHECK(check_tensor("rotary_sin", rs, 2));
+    CHECK(check_float("rotary_cos", rc));
+    if (rs->dtype != rc->dtype) return INVALID("rotary_sin: dtype must equal rotary_cos's");
+    if (rs->shape[0] != rc->shape[0] || rs->shape[1] != rc->shape[1]) return INVALID("rotary_sin: shape must equal rotary_cos's");
+    if (rc->shape[1] < 1 || 2 * rc->shape[1] > D)
+        return INVALID("rotary_cos: shape[1] = rotary_dim / 2 must be in [1, D / 2 = %lld], got %lld", (long long)(D / 2), (long long)rc->shape[1]);
+    if (cache->rotary_interleaved != 0 && cache->rotary_interleaved != 1)
+        return INVALID("rotary_interleaved: must be 0 or 1, got %d", (int)cache->rotary_interleaved);
+    if (rc->stride[0] != rs->stride[0] || rc->stride[1] != rs->stride[1])
+        return INVALID("rotary_sin: strides must equal rotary_cos's");
+    return CFLASH_STATUS_OK;
+}
 
 enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
                                        const struct cflash_kvcache *cache,
@@ -926,8 +955,7 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
         CHECK(check_call_devices(q, lse, p));
         CHECK(check_device("rotary_cos", cache->rotary_cos, q));
         CHECK(check_device("rotary_sin", cache->rotary_sin, q));
-        if (cache->rotary_cos || cache->rotary_sin)
-            return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: rotary embedding in KV-cache calls is not served by the CUDA backend yet (CPU tensors only; rotate q and k_new before the call)", cache->rotary_cos ? "rotary_cos" : "rotary_sin");
+        if (cache->rotary_cos || cache->rotary_sin) CHECK(check_rotary(cache, k_new, D));
         if (p->mask) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "mask: masks in KV-cache calls are not served by the CUDA backend yet");
         if (p->bias) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "bias: biases in KV-cache calls are not served by the CUDA backend yet");
         return cuda_kvcache_route(q, cache, k_new, v_new, out, lse, p, Hq, Hk, D, Dv, Lnew,
@@ -958,19 +986,7 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
     const struct cflash_tensor *rc = cache->rotary_cos, *rs = cache->rotary_sin;
     const int q_per_row = p->causal || p->window_left != -1 || p->window_right != -1;
     if (rc || rs) {
-        if (!rc || !rs) return INVALID("%s: rotary_cos and rotary_sin go together", rc ? "rotary_sin" : "rotary_cos");
-        if (!k_new) return INVALID("rotary_cos: rotary embedding needs k_new (it rotates the appended keys)");
-        CHECK(check_tensor("rotary_cos", rc, 2));
-        CHECK(check_tensor("rotary_sin", rs, 2));
-        CHECK(check_float("rotary_cos", rc));
-        if (rs->dtype != rc->dtype) return INVALID("rotary_sin: dtype must equal rotary_cos's");
-        if (rs->shape[0] != rc->shape[0] || rs->shape[1] != rc->shape[1]) return INVALID("rotary_sin: shape must equal rotary_cos's");
-        if (rc->shape[1] < 1 || 2 * rc->shape[1] > D)
-            return INVALID("rotary_cos: shape[1] = rotary_dim / 2 must be in [1, D / 2 = %lld], got %lld", (long long)(D / 2), (long long)rc->shape[1]);
-        if (cache->rotary_interleaved != 0 && cache->rotary_interleaved != 1)
-            return INVALID("rotary_interleaved: must be 0 or 1, got %d", (int)cache->rotary_interleaved);
-        if (rc->stride[0] != rs->stride[0] || rc->stride[1] != rs->stride[1])
-            return INVALID("rotary_sin: strides must equal rotary_cos's");
+        CHECK(check_rotary(cache, k_new, D));
         for (int64_t b = 0; b < B; b++) {
             const int64_t s0 = i32_at(cache->cache_seqlens, b);
             const int64_t last = s0 + (Lnew > (q_per_row ? Lq : 1) ? Lnew : (q_per_row ? Lq : 1)) - 1;

@@ -1253,7 +1253,7 @@ static const struct {
     enum cflash_status st;
     const char *names; /* '|'-separated: the message names one of them */
 } gmis_info[N_GMIS] = {
-    [GK_ROTARY] = {"rotary", CFLASH_STATUS_UNSUPPORTED, "rotary_cos"},
+    [GK_ROTARY] = {"rotary_without_k_new", CFLASH_STATUS_INVALID_ARGUMENT, "rotary_cos"},
     [GK_LQ9] = {"Lq=9", CFLASH_STATUS_UNSUPPORTED, "q"},
     [GK_FP32] = {"fp32", CFLASH_STATUS_UNSUPPORTED, "q"},
     [GK_D20] = {"D=20", CFLASH_STATUS_UNSUPPORTED, "q"},
@@ -1317,7 +1317,7 @@ static void gmis_case(const void *arg)
     struct cflash_attn_params p = cflash_attn_params_default();
     const struct cflash_tensor *pkn = &kn, *pvn = &vn;
     switch (id) {
-    case GK_ROTARY: cache.rotary_cos = &rc; cache.rotary_sin = &rs; break;
+    case GK_ROTARY: cache.rotary_cos = &rc; cache.rotary_sin = &rs; pkn = pvn = NULL; break; /* served, but not without k_new */
     case GK_LQ9: q = fake(h, 4, 2, 9, 8, 64); out = q; lse = fake(CFLASH_DTYPE_F32, 3, 2, 8, 9, 0); break;
     case GK_FP32: q.dtype = out.dtype = kc.dtype = vc.dtype = kn.dtype = vn.dtype = CFLASH_DTYPE_F32; break;
     case GK_D20:

@@ -131,3 +131,29 @@ def test_host_metadata_and_side_stream(torch, rng):
     stream.synchronize()
     plain = cflash.attn_dense(cuda(torch, q, dtype), cuda(torch, kc[:, :50], dtype), cuda(torch, vc[:, :50], dtype))
     assert (merged.float() - plain.float()).abs().max().item() < 2e-3
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_kvcache_rotary(torch, rng, interleaved):
+    """Rotary embedding on the GPU: the appended keys rotated into the cache (fp32 math, stored
+    in fp16) and q rotated per query position (causal), against the fp64 reference."""
+    dtype, B, Hq, Hk, D, Lq, Lnew, L, half = "float16", 2, 8, 2, 64, 2, 3, 64, 16
+    seq = [20, 45]
+    q, kc, vc = randn(rng, (B, Lq, Hq, D), dtype), randn(rng, (B, L, Hk, D), dtype), randn(rng, (B, L, Hk, D), dtype)
+    kn, vn = randn(rng, (B, Lnew, Hk, D), dtype), randn(rng, (B, Lnew, Hk, D), dtype)
+    ang = rng.random((L, half)) * 3.0
+    cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+    tkc, tvc = cuda(torch, kc, dtype), cuda(torch, vc, dtype)
+    out = cflash.attn_kvcache(cuda(torch, q, dtype), tkc, tvc, torch.tensor(seq, dtype=torch.int32, device="cuda"),
+                              cuda(torch, kn, dtype), cuda(torch, vn, dtype), rotary_cos=torch.from_numpy(cos).cuda(),
+                              rotary_sin=torch.from_numpy(sin).cuda(), rotary_interleaved=interleaved, causal=True)
+    kw = dict(rotary_cos=cos, rotary_sin=sin, interleaved=interleaved, causal=True)
+    _, _, k_after, v_after = reference.kvcache(q, kc, vc, seq, kn, vn, **kw)
+    got_k, got_v = back(tkc), back(tvc)
+    for b in range(B):
+        rows = slice(seq[b], seq[b] + Lnew)
+        assert np.allclose(got_k[b, rows], k_after[b, rows], rtol=2e-3, atol=2e-3), "rotated keys in the cache"
+        assert np.array_equal(got_v[b, rows], v_after[b, rows])
+        assert np.array_equal(got_k[b, :seq[b]], kc[b, :seq[b]]) and np.array_equal(got_k[b, seq[b] + Lnew:], kc[b, seq[b] + Lnew:])
+    # q is rotated in fp16 on the GPU (fp32 on the CPU): the naive run rounds the rotated q too
+    check(back(out), None, lambda rnd: reference.kvcache(q, kc, vc, seq, kn, vn, rnd=rnd, **kw)[:1] + (None,), dtype)

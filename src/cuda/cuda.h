@@ -123,6 +123,13 @@ struct cuda_kvcache {
     int64_t alibi_sb, alibi_sh;
     const float *sinks;
     int64_t sinks_sh;
+    /* rotary embedding (rot_cos NULL: none) of the appended keys (at seq_start + t) and of q (at
+     * seq_start + i when rot_q_per_row, else seq_start): [rot_rows, rot_half] tables of
+     * rot_dtype; positions are clamped to [0, rot_rows) (the host cannot check them) */
+    const void *rot_cos, *rot_sin;
+    enum cflash_dtype rot_dtype;
+    int64_t rot_s0, rot_s1, rot_rows;
+    int32_t rot_half, rot_interleaved, rot_q_per_row;
     int32_t device_id;             /* the tensors' GPU */
     void *stream;                  /* cudaStream_t; NULL = the legacy default stream */
 };

@@ -134,6 +134,34 @@ __device__ __forceinline__ key_loc key_at(const cuda_kvcache &f, int b, int64_t 
     return at;
 }
 
+/* ---- rotary embedding (SPEC section 6; the CPU's cpu_rotary): pair j of the first 2 * rot_half
+ * elements is (2j, 2j + 1) interleaved (GPT-J) or (j, j + rot_half) (GPT-NeoX); with c, s the
+ * tables at (pos, j): x1' = x1 c - x2 s, x2' = x1 s + x2 c ---- */
+
+__device__ __forceinline__ float to_f32(uint16_t bits, enum cflash_dtype dt) {
+    return dt == CFLASH_DTYPE_BF16 ? __bfloat162float(__ushort_as_bfloat16(bits)) : __half2float(__ushort_as_half(bits));
+}
+__device__ __forceinline__ uint16_t from_f32(float x, enum cflash_dtype dt) {
+    return dt == CFLASH_DTYPE_BF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(x)) : __half_as_ushort(__float2half_rn(x));
+}
+__device__ __forceinline__ float rot_table(const cuda_kvcache &f, const void *table, int64_t pos, int j) {
+    const int64_t off = pos * f.rot_s0 + (int64_t)j * f.rot_s1;
+    if (f.rot_dtype == CFLASH_DTYPE_F32) return ((const float *)table)[off];
+    return to_f32(((const uint16_t *)table)[off], f.rot_dtype);
+}
+/* the other element of d's pair (d < 2 * rot_half) */
+__device__ __forceinline__ int rot_partner(const cuda_kvcache &f, int d) {
+    return f.rot_interleaved ? d ^ 1 : d < f.rot_half ? d + f.rot_half : d - f.rot_half;
+}
+/* element d (value x) rotated to position pos, its partner's value y; pos clamped to the table */
+__device__ __forceinline__ float rotate(const cuda_kvcache &f, float x, float y, int d, int64_t pos) {
+    pos = pos < 0 ? 0 : pos >= f.rot_rows ? f.rot_rows - 1 : pos;
+    const bool first = f.rot_interleaved ? (d & 1) == 0 : d < f.rot_half;
+    const int j = f.rot_interleaved ? d >> 1 : (first ? d : d - f.rot_half);
+    const float c = rot_table(f, f.rot_cos, pos, j), s = rot_table(f, f.rot_sin, pos, j);
+    return first ? x * c - y * s : y * s + x * c;
+}
+
 /* ---- append: k_new / v_new rows to positions cache_seqlens[b] + t (2-byte elements) ---- */
 
 __global__ void __launch_bounds__(APPEND_THREADS)
@@ -142,7 +170,17 @@ kv_append_kernel(const cuda_kvcache f) {
     const key_loc at = key_at(f, b, cache_row(f, b), seq_start(f, b) + t);
     const uint16_t *kn = (const uint16_t *)f.k_new + (int64_t)b * f.kn_sb + (int64_t)t * f.kn_st + (int64_t)h * f.kn_sh;
     uint16_t *kc = (uint16_t *)f.k_cache + at.k + (int64_t)h * f.kc_sh;
-    for (int d = threadIdx.x; d < f.D; d += APPEND_THREADS) kc[d] = kn[d];
+    if (f.rot_cos) { /* rotated to its position in fp32, stored in the cache's dtype (as the CPU does) */
+        const int64_t pos = seq_start(f, b) + t;
+        for (int d = threadIdx.x; d < f.D; d += APPEND_THREADS) {
+            if (d >= 2 * f.rot_half) { kc[d] = kn[d]; continue; }
+            const int partner = rot_partner(f, d);
+            const float x = to_f32(kn[d], f.dtype), y = to_f32(kn[partner], f.dtype);
+            kc[d] = from_f32(rotate(f, x, y, d, pos), f.dtype);
+        }
+    } else {
+        for (int d = threadIdx.x; d < f.D; d += APPEND_THREADS) kc[d] = kn[d];
+    }
     if (f.append_v) {
         const uint16_t *vn = (const uint16_t *)f.v_new + (int64_t)b * f.vn_sb + (int64_t)t * f.vn_st + (int64_t)h * f.vn_sh;
         uint16_t *vc = (uint16_t *)f.v_cache + at.v + (int64_t)h * f.vc_sh;
@@ -231,6 +269,23 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
                                   (int64_t)(kvh * G + rg % G) * f.q_sh + c * 8
                             : (const T *)f.q;
         cp_async16(sQ + swz<DP>(r, c), src, pred);
+    }
+    if (f.rot_cos) { /* rotate the Q tile in place: each pair of each row by one thread */
+        cp_async_commit();
+        cp_async_wait<0>(); /* no other group is in flight yet: the stage groups come after */
+        __syncthreads();
+        const int seq0 = seq_start(f, b);
+        uint16_t *q16 = (uint16_t *)sQ;
+        for (int idx = threadIdx.x; idx < rows * f.rot_half; idx += DEC_THREADS) {
+            const int r = idx / f.rot_half, j = idx % f.rot_half;
+            const int64_t pos = seq0 + (f.rot_q_per_row ? (r0 + r) / G : 0);
+            const int d1 = f.rot_interleaved ? 2 * j : j, d2 = f.rot_interleaved ? 2 * j + 1 : j + f.rot_half;
+            uint16_t *p1 = q16 + swz<DP>(r, d1 >> 3) + (d1 & 7), *p2 = q16 + swz<DP>(r, d2 >> 3) + (d2 & 7);
+            const float x1 = to_f32(*p1, f.dtype), x2 = to_f32(*p2, f.dtype);
+            *p1 = from_f32(rotate(f, x1, x2, d1, pos), f.dtype);
+            *p2 = from_f32(rotate(f, x2, x1, d2, pos), f.dtype);
+        }
+        __syncthreads();
     }
 
     /* one stage: keys [nb * DEC_BN, + DEC_BN) of K and V into slot `slot`; keys past lk and chunks
