@@ -95,27 +95,6 @@ static void toks_load(struct toks *t, const struct cflash_tensor *k, const struc
     t->v = tload(vp ? vp : k);
 }
 
-/* REPLACE: the B sequences become the contexts. */
-static void model_replace(struct mentry *e, const struct toks *t, enum cflash_dtype dt, int vmode)
-{
-    model_clear(e);
-    e->present = 1;
-    e->vmode = vmode;
-    e->dt = dt;
-    e->C = t->B;
-    e->Hk = t->Hk;
-    e->D = t->D;
-    e->Dv = t->Dv;
-    for (int64_t b = 0; b < t->B; b++) {
-        const int64_t n = t->off[b + 1] - t->off[b];
-        e->len[b] = n;
-        e->k[b] = malloc(sizeof(double) * (size_t)(n * t->Hk * t->D + 1));
-        e->v[b] = malloc(sizeof(double) * (size_t)(n * t->Hk * t->Dv + 1));
-        memcpy(e->k[b], t->k + t->off[b] * t->Hk * t->D, sizeof(double) * (size_t)(n * t->Hk * t->D));
-        memcpy(e->v[b], t->v + t->off[b] * t->Hk * t->Dv, sizeof(double) * (size_t)(n * t->Hk * t->Dv));
-    }
-}
-
 /* APPEND: sequence b's tokens to context target[b] (NULL: b), in batch order; an absent entry
  * is created with B (empty) contexts first. */
 static void model_append(struct mentry *e, const struct toks *t, enum cflash_dtype dt, int vmode,
@@ -144,6 +123,13 @@ static void model_append(struct mentry *e, const struct toks *t, enum cflash_dty
         memcpy(e->v[c] + old * vw, t->v + t->off[b] * vw, sizeof(double) * (size_t)(n * vw));
         e->len[c] = old + n;
     }
+}
+
+/* REPLACE: the B sequences become the contexts (an append to a cleared entry). */
+static void model_replace(struct mentry *e, const struct toks *t, enum cflash_dtype dt, int vmode)
+{
+    model_clear(e);
+    model_append(e, t, dt, vmode, NULL);
 }
 
 /* info and lengths of the library's entry against the model */
