@@ -19,14 +19,18 @@ static void run_case(const void *arg) { attn_check_case((const struct attn_cfg *
 
 static int n_cases;
 
+/* each case twice: with the engine the library picks (wgmma on an H100) and with the mma.sync
+ * kernel forced (what other GPUs run) */
 static void add(struct attn_cfg c)
 {
-    c.cuda = 1;
     c.kernel = CFLASH_KERNEL_AUTO;
     c.seed = 0xc0da0000u + (uint64_t)n_cases++;
-    char name[512];
-    cfg_name(name, sizeof name, "cuda", &c);
-    tcase_add(name, run_case, &c, sizeof c);
+    for (int engine = 1; engine <= 2; engine++) {
+        char name[512];
+        c.cuda = engine;
+        cfg_name(name, sizeof name, engine == 1 ? "cuda" : "cuda/mma", &c);
+        tcase_add(name, run_case, &c, sizeof c);
+    }
 }
 
 static struct attn_cfg base(enum cflash_dtype dt, int D, int Lq, int Lk)

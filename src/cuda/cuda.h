@@ -61,6 +61,15 @@ struct cuda_fwd {
 enum cuda_fwd_config { CUDA_FWD_D64 = 0, CUDA_FWD_D128 = 1, CUDA_FWD_D256 = 2 };
 enum cflash_status cuda_fwd_select(const struct cuda_fwd *f, enum cuda_fwd_config *config);
 
+/* Which engine computes a prefill call (select.c, a pure host function): the wgmma kernel
+ * (Hopper tensor-core instructions, sm_90a code) for padded head dims 64 and 128 on compute
+ * capability 9.0 when the build has sm_90a code, the mma.sync kernel otherwise. The environment
+ * variable CFLASH_CUDA_KERNEL = auto | mma | wgmma forces one (tests, experiments): a forced
+ * engine that cannot serve the call is UNSUPPORTED, an unknown name INVALID_ARGUMENT. */
+enum cuda_fwd_engine { CUDA_ENGINE_MMA = 0, CUDA_ENGINE_WGMMA = 1 };
+enum cflash_status cuda_fwd_engine_select(enum cuda_fwd_config config, int cc_major, int cc_minor, int have_sm90a,
+                                          enum cuda_fwd_engine *engine);
+
 /* The rules every CUDA kernel shares (select.c): fp16 / bf16 inputs, head dims multiples of 8 up
  * to 256 (*dmax: the larger of D and Dv), 16-byte aligned rows of the three inputs (named in the
  * message), out written in pairs of elements. */

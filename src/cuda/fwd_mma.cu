@@ -15,6 +15,7 @@
  */
 #include "cuda/cuda.h"
 #include "cuda/ptx.cuh"
+#include "cuda/wgmma.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -34,11 +35,22 @@ extern "C" enum cflash_status cflash_set_error(enum cflash_status st, const char
 
 /* the PTX wrappers (cp.async, ldmatrix, mma.sync, pack2, swz): cuda/ptx.cuh */
 
+/* Where 16-byte chunk c of row r of a ROWS x DP tile lives. mma.sync kernel (WG false): rows
+ * of DP elements, chunks XOR-swizzled by row (ptx.cuh). wgmma kernel (WG true): the tensor cores'
+ * 128-byte swizzle, i.e. panels of 64 columns, each ROWS rows of 128 bytes with chunk c % 8 of
+ * row r stored at chunk (c % 8) ^ (r % 8); every 8-row group is one 1024-byte swizzle atom, so
+ * the tile base must be 1024-byte aligned. */
+template <int DP, int ROWS, bool WG>
+static __device__ __forceinline__ uint32_t tile_addr(uint32_t base, int r, int c) {
+    if constexpr (WG) return base + (uint32_t)((c / 8) * ROWS * 128 + r * 128 + (((c % 8) ^ (r & 7)) << 4));
+    else return swz_addr<DP>(base, r, c);
+}
+
 /* rows x DP tile from global rows g + r * stride (r < valid_rows, chunk < chunks), zeros elsewhere.
  * Each thread copies one fixed chunk column of every (THREADS / CH)-th row: a constant trip
  * count (the loop unrolls, no branches), one pointer increment per copy, and a swizzled chunk
  * that is the same for all of a thread's rows (the row step is a multiple of 8). */
-template <typename T, int DP, int ROWS, int THREADS>
+template <typename T, int DP, int ROWS, int THREADS, bool WG>
 __device__ __forceinline__ void load_tile(uint32_t s, const T *g, int64_t stride, int valid_rows, int chunks,
                                           const T *safe) {
     constexpr int CH = DP / 8, RSTEP = THREADS / CH, ITERS = ROWS * CH / THREADS;
@@ -51,7 +63,7 @@ __device__ __forceinline__ void load_tile(uint32_t s, const T *g, int64_t stride
     for (int it = 0; it < ITERS; it++) {
         const int r = r0 + it * RSTEP;
         const bool pred = chunk_ok && r < valid_rows;
-        cp_async16(swz_addr<DP>(s, r, c), pred ? gp : safe, pred);
+        cp_async16(tile_addr<DP, ROWS, WG>(s, r, c), pred ? gp : safe, pred);
         gp += step;
     }
 }
@@ -63,36 +75,55 @@ __device__ __forceinline__ float load_score_src(const struct cuda_scoresrc &src,
     return ((const float *)src.data)[off];
 }
 
-/* ---- the tile table: one row per padded head dim (select.c picks the row) ----
+/* ---- the tile table: one row per (padded head dim, engine); select.c picks the row ----
  * MT  m16 tiles per warp (B fragments of K and V are reused MT times: at MT = 1 an H100 SM
  *     would need two shared-memory reads per mma, more than its bandwidth)
  * NW  warps per block; BM = 16 * MT * NW query rows, BN keys per copied tile, SUB keys per
  *     compute step (S takes MT * SUB / 2 registers: at D = 128, where O takes 128, SUB = 32
  *     is what keeps the kernel from spilling).
  * D=256 takes MT = 1: O alone is 32 * 4 fp32 registers per thread per m tile. */
-template <int DP> struct fwd_tile;
+template <int DP, bool WG> struct fwd_tile;
 #ifndef CFLASH_FWD_SUB128 /* experiment switch: keys per compute step at D = 128 */
 #define CFLASH_FWD_SUB128 32
 #endif
-template <> struct fwd_tile<64>  { static constexpr int MT = 2, NW = 4, BN = 64, SUB = 64; };
-template <> struct fwd_tile<128> { static constexpr int MT = 2, NW = 4, BN = 64, SUB = CFLASH_FWD_SUB128; };
-template <> struct fwd_tile<256> { static constexpr int MT = 1, NW = 8, BN = 64, SUB = 64; };
+template <> struct fwd_tile<64, false>  { static constexpr int MT = 2, NW = 4, BN = 64, SUB = 64; };
+template <> struct fwd_tile<128, false> { static constexpr int MT = 2, NW = 4, BN = 64, SUB = CFLASH_FWD_SUB128; };
+template <> struct fwd_tile<256, false> { static constexpr int MT = 1, NW = 8, BN = 64, SUB = 64; };
+/* wgmma (sm_90a): two warpgroups of 64 rows share each K / V tile of 128 keys; S (64 registers)
+ * and O (DP / 2) are wgmma accumulators; one compute step per tile */
+template <> struct fwd_tile<64, true>  { static constexpr int MT = 1, NW = 8, BN = 128, SUB = 128; };
+template <> struct fwd_tile<128, true> { static constexpr int MT = 1, NW = 8, BN = 128, SUB = 128; };
 
 /* Q, then two K tiles and two V tiles (block nb + 1 is copied while block nb is computed):
- * D=64 48 KB, D=128 96 KB (two blocks per SM), D=256 192 KB (one block of 8 warps). */
-template <int DP>
+ * mma.sync D=64 48 KB, D=128 96 KB (two blocks per SM), D=256 192 KB (one block of 8 warps);
+ * wgmma D=64 80 KB, D=128 160 KB, plus 1 KB to align the tiles to the swizzle atom. */
+template <int DP, bool WG>
 constexpr int fwd_smem_bytes() {
-    return (16 * fwd_tile<DP>::MT * fwd_tile<DP>::NW + 4 * fwd_tile<DP>::BN) * DP * 2;
+    return (16 * fwd_tile<DP, WG>::MT * fwd_tile<DP, WG>::NW + 4 * fwd_tile<DP, WG>::BN) * DP * 2 + (WG ? 1024 : 0);
 }
 
-template <typename T, int DP>
-__global__ void __launch_bounds__(fwd_tile<DP>::NW * 32)
+/* the wgmma shapes the kernel uses, by N */
+template <int N, typename T>
+static __device__ __forceinline__ void wg_ss(float (&d)[N / 2], uint64_t da, uint64_t db, int accumulate) {
+    if constexpr (N == 64) wgmma_ss_m64n64k16(d, da, db, accumulate, T());
+    else wgmma_ss_m64n128k16(d, da, db, accumulate, T());
+}
+template <int N, typename T>
+static __device__ __forceinline__ void wg_rs(float (&d)[N / 2], const uint32_t a[4], uint64_t db) {
+    if constexpr (N == 64) wgmma_rs_m64n64k16_tb(d, a, db, T());
+    else wgmma_rs_m64n128k16_tb(d, a, db, T());
+}
+
+template <typename T, int DP, bool WG>
+__global__ void __launch_bounds__(fwd_tile<DP, WG>::NW * 32)
 fwd_mma_kernel(const struct cuda_fwd f) {
-    constexpr int MT = fwd_tile<DP>::MT, NW = fwd_tile<DP>::NW, BN = fwd_tile<DP>::BN, SUB = fwd_tile<DP>::SUB;
+    constexpr int MT = fwd_tile<DP, WG>::MT, NW = fwd_tile<DP, WG>::NW, BN = fwd_tile<DP, WG>::BN, SUB = fwd_tile<DP, WG>::SUB;
     constexpr int BM = 16 * MT * NW, NT = SUB / 8, DT = DP / 8, THREADS = NW * 32;
     constexpr uint32_t TILE = 2u * BN * DP; /* bytes of one K or V tile */
+    static_assert(!WG || (MT == 1 && SUB == BN && NW % 4 == 0), "wgmma: one m16 tile per warp, whole key tiles, warpgroups");
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    const uint32_t sQ = smem_addr(smem_raw), sK = sQ + 2u * BM * DP, sV = sK + 2 * TILE;
+    const uint32_t sQ = WG ? (smem_addr(smem_raw) + 1023u) & ~1023u : smem_addr(smem_raw);
+    const uint32_t sK = sQ + 2u * BM * DP, sV = sK + 2 * TILE;
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int mblock = gridDim.x - 1 - blockIdx.x; /* last (longest under causal) blocks first */
@@ -166,11 +197,11 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     /* Copies: Q once; the K and V tiles of key block nb + 1 are in flight while block nb is
      * computed (two buffers each, one barrier per block). Each block is computed in sub-blocks
      * of SUB keys: S = Q K^T, the score rules, the online softmax, O += P V. */
-    load_tile<T, DP, BM, THREADS>(sQ, Qg, f.q_st, rows, dq, (const T *)f.q);
+    load_tile<T, DP, BM, THREADS, WG>(sQ, Qg, f.q_st, rows, dq, (const T *)f.q);
     if (nb_lo <= nb_hi) {
         const int c0 = nb_lo * BN;
-        load_tile<T, DP, BN, THREADS>(sK, Kg + (int64_t)c0 * f.k_st, f.k_st, lk - c0, dq, (const T *)f.k);
-        load_tile<T, DP, BN, THREADS>(sV, Vg + (int64_t)c0 * f.v_st, f.v_st, lk - c0, dv, (const T *)f.v);
+        load_tile<T, DP, BN, THREADS, WG>(sK, Kg + (int64_t)c0 * f.k_st, f.k_st, lk - c0, dq, (const T *)f.k);
+        load_tile<T, DP, BN, THREADS, WG>(sV, Vg + (int64_t)c0 * f.v_st, f.v_st, lk - c0, dv, (const T *)f.v);
     }
     cp_async_commit();
 
@@ -179,11 +210,12 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         const uint32_t cur = ((nb - nb_lo) & 1) * TILE, next = TILE - cur;
         const uint32_t sKb = sK + cur, sVb = sV + cur;
         cp_async_wait_all();
+        if constexpr (WG) fence_proxy_async(); /* the copies are read by the tensor cores' proxy */
         __syncthreads(); /* block nb landed; every warp finished block nb - 1, whose buffers are refilled now */
         if (nb < nb_hi) {
             const int c1 = c0 + BN;
-            load_tile<T, DP, BN, THREADS>(sK + next, Kg + (int64_t)c1 * f.k_st, f.k_st, lk - c1, dq, (const T *)f.k);
-            load_tile<T, DP, BN, THREADS>(sV + next, Vg + (int64_t)c1 * f.v_st, f.v_st, lk - c1, dv, (const T *)f.v);
+            load_tile<T, DP, BN, THREADS, WG>(sK + next, Kg + (int64_t)c1 * f.k_st, f.k_st, lk - c1, dq, (const T *)f.k);
+            load_tile<T, DP, BN, THREADS, WG>(sV + next, Vg + (int64_t)c1 * f.v_st, f.v_st, lk - c1, dv, (const T *)f.v);
         }
         cp_async_commit();
 
@@ -193,6 +225,22 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             if (cs > khi || cs + SUB - 1 < klo) continue; /* no row of this block sees these keys */
             /* S = Q K^T */
             float s[MT][NT][4];
+            if constexpr (WG) { /* the warpgroup's 64 rows times the 128 keys, accumulated over D in steps of 16 */
+                float(&sacc)[NT * 4] = *reinterpret_cast<float(*)[NT * 4]>(&s[0][0][0]);
+                const uint32_t qrow = sQ + (uint32_t)(warp / 4) * 64u * 128u;
+                wgmma_fence();
+#pragma unroll
+                for (int kc = 0; kc < DP / 16; kc++) {
+                    if (kc * 2 >= dq) break;
+                    /* 16 columns = 32 bytes into 64-column panel kc / 4; 8-row atoms 1024 bytes apart */
+                    const uint32_t step = (uint32_t)(kc % 4) * 32u, panel = (uint32_t)(kc / 4) * 128u;
+                    wg_ss<SUB, T>(sacc, wgmma_desc(qrow + panel * BM + step, 16, 1024),
+                                  wgmma_desc(sKb + panel * BN + step, 16, 1024), kc > 0);
+                }
+                wgmma_commit();
+                wgmma_wait<0>();
+                wgmma_fence_regs(sacc);
+            } else {
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -220,6 +268,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                         mma_m16n8k16(s[mt][2 * np + 1], a[mt], bk[np & 1][2], bk[np & 1][3], T());
                     }
                 }
+            }
             }
 
             /* score rules, in base 2: scale, softcap, ALiBi, the visible interval. Each rule is its
@@ -325,6 +374,26 @@ fwd_mma_kernel(const struct cuda_fwd f) {
 
             /* O += P V: the S accumulators of n tiles 2kc and 2kc + 1 are the A fragment of keys
              * [16 kc, 16 kc + 16) */
+            if constexpr (WG) { /* all of P packed first: the registers are read while the wgmmas run */
+                uint32_t pa[SUB / 16][4];
+#pragma unroll
+                for (int kc = 0; kc < SUB / 16; kc++) {
+                    pa[kc][0] = pack2(s[0][2 * kc][0], s[0][2 * kc][1], T());
+                    pa[kc][1] = pack2(s[0][2 * kc][2], s[0][2 * kc][3], T());
+                    pa[kc][2] = pack2(s[0][2 * kc + 1][0], s[0][2 * kc + 1][1], T());
+                    pa[kc][3] = pack2(s[0][2 * kc + 1][2], s[0][2 * kc + 1][3], T());
+                }
+                float(&oacc)[DT * 4] = *reinterpret_cast<float(*)[DT * 4]>(&o[0][0][0]);
+                wgmma_fence_regs(oacc);
+                wgmma_fence();
+                /* V is N-major: 8-key groups 1024 bytes apart, 64-column panels one tile height apart */
+#pragma unroll
+                for (int kc = 0; kc < SUB / 16; kc++)
+                    wg_rs<DP, T>(oacc, pa[kc], wgmma_desc(sVb + (uint32_t)(sb * SUB + kc * 16) * 128u, (uint32_t)BN * 128u, 1024));
+                wgmma_commit();
+                wgmma_wait<0>();
+                wgmma_fence_regs(oacc);
+            } else
 #pragma unroll
             for (int kc = 0; kc < SUB / 16; kc++) {
                 uint32_t a[MT][4];
@@ -400,22 +469,29 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         }
 }
 
-template <typename T, int DP>
+template <typename T, int DP, bool WG>
 static enum cflash_status launch(const struct cuda_fwd *f) {
-    constexpr int BM = 16 * fwd_tile<DP>::MT * fwd_tile<DP>::NW;
-    constexpr int bytes = fwd_smem_bytes<DP>();
+    constexpr int BM = 16 * fwd_tile<DP, WG>::MT * fwd_tile<DP, WG>::NW;
+    constexpr int bytes = fwd_smem_bytes<DP, WG>();
     const int64_t rows = f->cu_q ? f->max_seqlen_q : f->Lq;
     if (rows <= 0 || f->B <= 0) return CFLASH_STATUS_OK;
     const dim3 grid((unsigned)((rows + BM - 1) / BM), (unsigned)f->Hq, (unsigned)f->B);
-    cudaError_t err = cudaFuncSetAttribute(fwd_mma_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    cudaError_t err = cudaFuncSetAttribute(fwd_mma_kernel<T, DP, WG>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err == cudaSuccess) {
-        fwd_mma_kernel<T, DP><<<grid, fwd_tile<DP>::NW * 32, bytes, (cudaStream_t)f->stream>>>(*f);
+        fwd_mma_kernel<T, DP, WG><<<grid, fwd_tile<DP, WG>::NW * 32, bytes, (cudaStream_t)f->stream>>>(*f);
         err = cudaGetLastError();
     }
     if (err != cudaSuccess)
         return cflash_set_error(CFLASH_STATUS_DEVICE_ERROR, "q: CUDA launch of the prefill kernel failed: %s", cudaGetErrorString(err));
     return CFLASH_STATUS_OK;
 }
+
+/* sm_90a code is in this build (CMake defines CFLASH_CUDA_SM90A when the architectures list 90a) */
+#ifdef CFLASH_CUDA_SM90A
+#define HAVE_SM90A 1
+#else
+#define HAVE_SM90A 0
+#endif
 
 extern "C" enum cflash_status cuda_device_enter(const char *name, int32_t device, int *prev) {
     cudaError_t err = cudaGetDevice(prev);
@@ -432,13 +508,31 @@ extern "C" void cuda_device_leave(int32_t device, int prev) {
 extern "C" enum cflash_status cuda_fwd_launch(const struct cuda_fwd *f, enum cuda_fwd_config config) {
     const bool bf = f->dtype == CFLASH_DTYPE_BF16;
     if ((f->cu_q ? f->max_seqlen_q : f->Lq) <= 0 || f->B <= 0) return CFLASH_STATUS_OK; /* nothing to do */
-    int prev;
+    int prev, major = 0, minor = 0;
     enum cflash_status st = cuda_device_enter("q", f->device_id, &prev);
     if (st) return st;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, f->device_id) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, f->device_id) != cudaSuccess) {
+        cuda_device_leave(f->device_id, prev);
+        return cflash_set_error(CFLASH_STATUS_DEVICE_ERROR, "q: cannot read the compute capability of CUDA device %d", (int)f->device_id);
+    }
+    enum cuda_fwd_engine engine;
+    st = cuda_fwd_engine_select(config, major, minor, HAVE_SM90A, &engine);
+    if (st) {
+        cuda_device_leave(f->device_id, prev);
+        return st;
+    }
+    const bool wg = engine == CUDA_ENGINE_WGMMA;
     switch (config) {
-    case CUDA_FWD_D64: st = bf ? launch<__nv_bfloat16, 64>(f) : launch<__half, 64>(f); break;
-    case CUDA_FWD_D128: st = bf ? launch<__nv_bfloat16, 128>(f) : launch<__half, 128>(f); break;
-    case CUDA_FWD_D256: st = bf ? launch<__nv_bfloat16, 256>(f) : launch<__half, 256>(f); break;
+    case CUDA_FWD_D64:
+        st = wg ? (bf ? launch<__nv_bfloat16, 64, true>(f) : launch<__half, 64, true>(f))
+                : (bf ? launch<__nv_bfloat16, 64, false>(f) : launch<__half, 64, false>(f));
+        break;
+    case CUDA_FWD_D128:
+        st = wg ? (bf ? launch<__nv_bfloat16, 128, true>(f) : launch<__half, 128, true>(f))
+                : (bf ? launch<__nv_bfloat16, 128, false>(f) : launch<__half, 128, false>(f));
+        break;
+    case CUDA_FWD_D256: st = bf ? launch<__nv_bfloat16, 256, false>(f) : launch<__half, 256, false>(f); break;
     default: st = cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: no CUDA kernel for this head dim");
     }
     cuda_device_leave(f->device_id, prev);

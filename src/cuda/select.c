@@ -9,6 +9,8 @@
 #include "internal.h"
 
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* 16-byte copies (cp.async) need 16-byte aligned rows: base pointers and every stride of the
  * token / head / batch axes a multiple of 8 elements of 2 bytes. */
@@ -46,4 +48,27 @@ enum cflash_status cuda_fwd_select(const struct cuda_fwd *f, enum cuda_fwd_confi
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 2^31 - 1 tokens per axis");
     *config = dmax <= 64 ? CUDA_FWD_D64 : dmax <= 128 ? CUDA_FWD_D128 : CUDA_FWD_D256;
     return CFLASH_STATUS_OK;
+}
+
+enum cflash_status cuda_fwd_engine_select(enum cuda_fwd_config config, int cc_major, int cc_minor, int have_sm90a,
+                                          enum cuda_fwd_engine *engine) {
+    /* sm_90a code runs only on compute capability 9.0 exactly (not on later chips) */
+    const int wgmma_ok = have_sm90a && cc_major == 9 && cc_minor == 0 && config != CUDA_FWD_D256;
+    const char *env = getenv("CFLASH_CUDA_KERNEL");
+    if (!env || !*env || strcmp(env, "auto") == 0) {
+        *engine = wgmma_ok ? CUDA_ENGINE_WGMMA : CUDA_ENGINE_MMA;
+        return CFLASH_STATUS_OK;
+    }
+    if (strcmp(env, "mma") == 0) {
+        *engine = CUDA_ENGINE_MMA;
+        return CFLASH_STATUS_OK;
+    }
+    if (strcmp(env, "wgmma") == 0) {
+        if (!wgmma_ok)
+            return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "CFLASH_CUDA_KERNEL: wgmma needs sm_90a code in the build, a compute capability 9.0 GPU (this one is %d.%d) and a head dim up to 128",
+                                    cc_major, cc_minor);
+        *engine = CUDA_ENGINE_WGMMA;
+        return CFLASH_STATUS_OK;
+    }
+    return cflash_set_error(CFLASH_STATUS_INVALID_ARGUMENT, "CFLASH_CUDA_KERNEL: unknown kernel '%s' (auto, mma or wgmma)", env);
 }
