@@ -7,7 +7,7 @@ Run it from the repository root after changing the shapes below, and commit both
 """
 import pathlib
 
-SHAPES = (64, 128)          # N of m64nNk16 (key block for S = Q K^T, padded head dim for P V)
+SHAPES = (64, 128, 256)     # N of m64nNk16 (key block for S = Q K^T, padded head dim for P V)
 TYPES = (("__half", "f16"), ("__nv_bfloat16", "bf16"))
 
 

@@ -62,8 +62,8 @@ enum cuda_fwd_config { CUDA_FWD_D64 = 0, CUDA_FWD_D128 = 1, CUDA_FWD_D256 = 2 };
 enum cflash_status cuda_fwd_select(const struct cuda_fwd *f, enum cuda_fwd_config *config);
 
 /* Which engine computes a prefill call (select.c, a pure host function): the wgmma kernel
- * (Hopper tensor-core instructions, sm_90a code) for padded head dims 64 and 128 on compute
- * capability 9.0 when the build has sm_90a code, the mma.sync kernel otherwise. The environment
+ * (Hopper tensor-core instructions, sm_90a code) on compute capability 9.0 when the build has
+ * sm_90a code, the mma.sync kernel otherwise. The environment
  * variable CFLASH_CUDA_KERNEL = auto | mma | wgmma forces one (tests, experiments): a forced
  * engine that cannot serve the call is UNSUPPORTED, an unknown name INVALID_ARGUMENT. */
 enum cuda_fwd_engine { CUDA_ENGINE_MMA = 0, CUDA_ENGINE_WGMMA = 1 };

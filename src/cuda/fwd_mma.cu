@@ -89,14 +89,15 @@ template <int DP, bool WG> struct fwd_tile;
 template <> struct fwd_tile<64, false>  { static constexpr int MT = 2, NW = 4, BN = 64, SUB = 64; };
 template <> struct fwd_tile<128, false> { static constexpr int MT = 2, NW = 4, BN = 64, SUB = CFLASH_FWD_SUB128; };
 template <> struct fwd_tile<256, false> { static constexpr int MT = 1, NW = 8, BN = 64, SUB = 64; };
-/* wgmma (sm_90a): two warpgroups of 64 rows share each K / V tile of 128 keys; S (64 registers)
- * and O (DP / 2) are wgmma accumulators; one compute step per tile */
+/* wgmma (sm_90a): two warpgroups of 64 rows share each K / V tile of 128 keys (64 at D = 256);
+ * S (BN / 2 registers) and O (DP / 2) are wgmma accumulators; one compute step per tile */
 template <> struct fwd_tile<64, true>  { static constexpr int MT = 1, NW = 8, BN = 128, SUB = 128; };
 template <> struct fwd_tile<128, true> { static constexpr int MT = 1, NW = 8, BN = 128, SUB = 128; };
+template <> struct fwd_tile<256, true> { static constexpr int MT = 1, NW = 8, BN = 64, SUB = 64; }; /* O: 128 registers */
 
 /* Q, then two K tiles and two V tiles (block nb + 1 is copied while block nb is computed):
  * mma.sync D=64 48 KB, D=128 96 KB (two blocks per SM), D=256 192 KB (one block of 8 warps);
- * wgmma D=64 80 KB, D=128 160 KB, plus 1 KB to align the tiles to the swizzle atom. */
+ * wgmma D=64 80 KB, D=128 160 KB, D=256 192 KB, plus 1 KB to align the tiles to the swizzle atom. */
 template <int DP, bool WG>
 constexpr int fwd_smem_bytes() {
     return (16 * fwd_tile<DP, WG>::MT * fwd_tile<DP, WG>::NW + 4 * fwd_tile<DP, WG>::BN) * DP * 2 + (WG ? 1024 : 0);
@@ -111,7 +112,8 @@ static __device__ __forceinline__ void wg_ss(float (&d)[N / 2], uint64_t da, uin
 template <int N, typename T>
 static __device__ __forceinline__ void wg_rs(float (&d)[N / 2], const uint32_t a[4], uint64_t db) {
     if constexpr (N == 64) wgmma_rs_m64n64k16_tb(d, a, db, T());
-    else wgmma_rs_m64n128k16_tb(d, a, db, T());
+    else if constexpr (N == 128) wgmma_rs_m64n128k16_tb(d, a, db, T());
+    else wgmma_rs_m64n256k16_tb(d, a, db, T());
 }
 
 template <typename T, int DP, bool WG>
@@ -194,237 +196,283 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         l[mt][0] = l[mt][1] = 0.0f;
     }
 
-    /* Copies: Q once; the K and V tiles of key block nb + 1 are in flight while block nb is
-     * computed (two buffers each, one barrier per block). Each block is computed in sub-blocks
-     * of SUB keys: S = Q K^T, the score rules, the online softmax, O += P V. */
-    load_tile<T, DP, BM, THREADS, WG>(sQ, Qg, f.q_st, rows, dq, (const T *)f.q);
-    if (nb_lo <= nb_hi) {
-        const int c0 = nb_lo * BN;
-        load_tile<T, DP, BN, THREADS, WG>(sK, Kg + (int64_t)c0 * f.k_st, f.k_st, lk - c0, dq, (const T *)f.k);
-        load_tile<T, DP, BN, THREADS, WG>(sV, Vg + (int64_t)c0 * f.v_st, f.v_st, lk - c0, dv, (const T *)f.v);
+    /* The steps of one key block both engines share, on S = Q K^T of keys [cs, cs + SUB):
+     * the score rules (in base 2), the online softmax (S becomes P, m and l move, corr is the
+     * factor O must be rescaled by), and the rescale of O. */
+    auto score_rules = [&](float(&s)[MT][NT][4], const int cs) {
+    /* score rules, in base 2: scale, softcap, ALiBi, the visible interval. Each rule is its
+     * own loop under a block-uniform branch: folded into one loop, the compiler computes
+     * tanh and the ALiBi distance for every score whether or not they are on. */
+    if (score_mods) {
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float x = s[mt][nt][e];
+                    x = f.softcap > 0.0f ? softcap2 * tanhf(x * cap_in) : x * scale2;
+                    if (f.alibi) {
+                        const int i = row_base + mt * 16 + (e / 2) * 8;
+                        const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
+                        x -= slope2 * fabsf((float)(j - i - diag));
+                    }
+                    s[mt][nt][e] = x;
+                }
+    } else if (scale2 <= 0.0f) { /* a negative scale turns maxima into minima: scale first */
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[mt][nt][e] *= scale2;
+    } /* else the scale is applied inside exp2 (one FFMA per score) */
+    if (mask_or_bias) { /* read per score from global memory (L1/L2 resident), inside the sequence only */
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int i = row_base + mt * 16 + (e / 2) * 8;
+                    const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
+                    if (i >= lq || j >= lk) continue;
+                    /* the shapes were checked against the hints: a packed sequence longer
+                     * than its hint (bad device metadata) must not read past them */
+                    if (i >= hint_q || j >= hint_k) { s[mt][nt][e] = -INFINITY; continue; }
+                    if (f.bias.data)
+                        s[mt][nt][e] += LOG2E_F * load_score_src(f.bias, bias_base + i * f.bias.sq + j * f.bias.sk);
+                    if (f.mask.data && ((const uint8_t *)f.mask.data)[mask_base + i * f.mask.sq + j * f.mask.sk] == 0)
+                        s[mt][nt][e] = -INFINITY;
+                }
     }
-    cp_async_commit();
+    if (!(cs >= full_lo && cs + SUB - 1 <= full_hi)) { /* some row does not see all of it */
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int i = row_base + mt * 16 + (e / 2) * 8;
+                    const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
+                    if (j < lo_of(i) || j > hi_of(i)) s[mt][nt][e] = -INFINITY;
+                }
+    }
+    };
+    auto softmax = [&](float(&s)[MT][NT][4], float(&corr)[MT][2]) {
+    /* online softmax: rows are shared by the 4 lanes of a quad; scores are in base 2 times
+     * `sc` (1 when the rules above already scaled them) */
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hr], s[mt][nt][2 * hr + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mnew = fmaxf(m[mt][hr], mx * sc);
+            const float muse = mnew == -INFINITY ? 0.0f : mnew; /* no key yet: keep exp2 finite */
+            corr[mt][hr] = exp2f(m[mt][hr] - muse);
+            m[mt][hr] = mnew;
+            float sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                s[mt][nt][2 * hr] = exp2f(fmaf(s[mt][nt][2 * hr], sc, -muse));
+                s[mt][nt][2 * hr + 1] = exp2f(fmaf(s[mt][nt][2 * hr + 1], sc, -muse));
+                sum += s[mt][nt][2 * hr] + s[mt][nt][2 * hr + 1];
+            }
+            l[mt][hr] = l[mt][hr] * corr[mt][hr] + sum;
+        }
+    };
+    auto rescale_o = [&](const float(&corr)[MT][2]) {
+    /* O is rescaled only when some row's maximum moved (a warp-uniform vote): after the
+     * first key blocks of a row that is the rare case, and x * 1 is exact anyway */
+    bool moved = false;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) moved |= corr[mt][0] != 1.0f || corr[mt][1] != 1.0f;
+    if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int dt = 0; dt < DT; dt++) {
+                o[mt][dt][0] *= corr[mt][0];
+                o[mt][dt][1] *= corr[mt][0];
+                o[mt][dt][2] *= corr[mt][1];
+                o[mt][dt][3] *= corr[mt][1];
+            }
+    }
+    };
 
-    for (int nb = nb_lo; nb <= nb_hi; nb++) {
-        const int c0 = nb * BN;
-        const uint32_t cur = ((nb - nb_lo) & 1) * TILE, next = TILE - cur;
-        const uint32_t sKb = sK + cur, sVb = sV + cur;
-        cp_async_wait_all();
-        if constexpr (WG) fence_proxy_async(); /* the copies are read by the tensor cores' proxy */
-        __syncthreads(); /* block nb landed; every warp finished block nb - 1, whose buffers are refilled now */
-        if (nb < nb_hi) {
-            const int c1 = c0 + BN;
-            load_tile<T, DP, BN, THREADS, WG>(sK + next, Kg + (int64_t)c1 * f.k_st, f.k_st, lk - c1, dq, (const T *)f.k);
-            load_tile<T, DP, BN, THREADS, WG>(sV + next, Vg + (int64_t)c1 * f.v_st, f.v_st, lk - c1, dv, (const T *)f.v);
+    if constexpr (WG) {
+        /* wgmma: software-pipelined per warpgroup (FlashAttention-3's intra-warpgroup overlap):
+         * in iteration nb, S_nb = Q K_nb^T and O += P_{nb-1} V_{nb-1} are issued back to back;
+         * the softmax of S_nb runs while the tensor cores still compute P V. Copies: K_{nb+1}
+         * and V_nb are in flight during iteration nb (V one block behind K), two buffers each. */
+        const uint32_t qrow = sQ + (uint32_t)(warp / 4) * 64u * 128u;
+        float(&oacc)[DT * 4] = *reinterpret_cast<float(*)[DT * 4]>(&o[0][0][0]);
+        uint32_t pa[SUB / 16][4];
+        auto issue_pv = [&](uint32_t sVb) { /* V is N-major: 8-key groups 1024 bytes apart, 64-column panels a tile apart */
+#pragma unroll
+            for (int kc = 0; kc < SUB / 16; kc++)
+                wg_rs<DP, T>(oacc, pa[kc], wgmma_desc(sVb + (uint32_t)(kc * 16) * 128u, (uint32_t)BN * 128u, 1024));
+        };
+        load_tile<T, DP, BM, THREADS, WG>(sQ, Qg, f.q_st, rows, dq, (const T *)f.q);
+        if (nb_lo <= nb_hi)
+            load_tile<T, DP, BN, THREADS, WG>(sK, Kg + (int64_t)nb_lo * BN * f.k_st, f.k_st, lk - nb_lo * BN, dq, (const T *)f.k);
+        cp_async_commit();
+        for (int nb = nb_lo; nb <= nb_hi; nb++) {
+            const int c0 = nb * BN;
+            const uint32_t cur = ((nb - nb_lo) & 1) * TILE, prev = TILE - cur;
+            cp_async_wait_all();
+            fence_proxy_async(); /* the copies are read by the tensor cores' proxy */
+            __syncthreads();     /* K_nb and V_{nb-1} landed; every warpgroup is done with K_{nb-1} and V_{nb-2} */
+            if (nb < nb_hi)
+                load_tile<T, DP, BN, THREADS, WG>(sK + prev, Kg + (int64_t)(c0 + BN) * f.k_st, f.k_st, lk - c0 - BN, dq, (const T *)f.k);
+            load_tile<T, DP, BN, THREADS, WG>(sV + cur, Vg + (int64_t)c0 * f.v_st, f.v_st, lk - c0, dv, (const T *)f.v);
+            cp_async_commit();
+
+            float s[MT][NT][4];
+            float(&sacc)[NT * 4] = *reinterpret_cast<float(*)[NT * 4]>(&s[0][0][0]);
+            /* defined before the pipeline stage (the first wgmma overwrites them): an undefined
+             * accumulator makes ptxas serialize the wgmmas (C7515) */
+#pragma unroll
+            for (int i = 0; i < NT * 4; i++) sacc[i] = 0.0f;
+            wgmma_fence_regs(sacc);
+            wgmma_fence();
+#pragma unroll
+            for (int kc = 0; kc < DP / 16; kc++) { /* the warpgroup's 64 rows x 128 keys, 16 columns of D per step */
+                if (kc * 2 >= dq) break;
+                /* 16 columns = 32 bytes into 64-column panel kc / 4; 8-row atoms 1024 bytes apart */
+                const uint32_t step = (uint32_t)(kc % 4) * 32u, panel = (uint32_t)(kc / 4) * 128u;
+                wg_ss<SUB, T>(sacc, wgmma_desc(qrow + panel * BM + step, 16, 1024),
+                              wgmma_desc(sK + cur + panel * BN + step, 16, 1024), kc > 0);
+            }
+            wgmma_commit();
+            if (nb > nb_lo) issue_pv(sV + prev);
+            wgmma_commit();  /* (empty in the first iteration: the waits below need not branch) */
+            wgmma_wait<1>(); /* S_nb done; P V may still run */
+            wgmma_fence_regs(sacc);
+            score_rules(s, c0);
+            float corr[MT][2];
+            softmax(s, corr);
+            wgmma_wait<0>();
+            wgmma_fence_regs(oacc);
+            rescale_o(corr);
+#pragma unroll
+            for (int kc = 0; kc < SUB / 16; kc++) {
+                pa[kc][0] = pack2(s[0][2 * kc][0], s[0][2 * kc][1], T());
+                pa[kc][1] = pack2(s[0][2 * kc][2], s[0][2 * kc][3], T());
+                pa[kc][2] = pack2(s[0][2 * kc + 1][0], s[0][2 * kc + 1][1], T());
+                pa[kc][3] = pack2(s[0][2 * kc + 1][2], s[0][2 * kc + 1][3], T());
+            }
+        }
+        cp_async_wait_all(); /* V_{nb_hi} (or, with no key block, Q: copies must not outlive the block) */
+        if (nb_lo <= nb_hi) {
+            fence_proxy_async();
+            __syncthreads();
+            wgmma_fence();
+            issue_pv(sV + ((nb_hi - nb_lo) & 1) * TILE);
+            wgmma_commit();
+            wgmma_wait<0>();
+            wgmma_fence_regs(oacc);
+        }
+    } else {
+        /* mma.sync: Q once; the K and V tiles of key block nb + 1 are in flight while block nb is
+         * computed (two buffers each, one barrier per block). Each block is computed in sub-blocks
+         * of SUB keys: S = Q K^T, the score rules, the online softmax, O += P V. */
+        load_tile<T, DP, BM, THREADS, WG>(sQ, Qg, f.q_st, rows, dq, (const T *)f.q);
+        if (nb_lo <= nb_hi) {
+            const int c0 = nb_lo * BN;
+            load_tile<T, DP, BN, THREADS, WG>(sK, Kg + (int64_t)c0 * f.k_st, f.k_st, lk - c0, dq, (const T *)f.k);
+            load_tile<T, DP, BN, THREADS, WG>(sV, Vg + (int64_t)c0 * f.v_st, f.v_st, lk - c0, dv, (const T *)f.v);
         }
         cp_async_commit();
 
+        for (int nb = nb_lo; nb <= nb_hi; nb++) {
+            const int c0 = nb * BN;
+            const uint32_t cur = ((nb - nb_lo) & 1) * TILE, next = TILE - cur;
+            const uint32_t sKb = sK + cur, sVb = sV + cur;
+            cp_async_wait_all();
+            __syncthreads(); /* block nb landed; every warp finished block nb - 1, whose buffers are refilled now */
+            if (nb < nb_hi) {
+                const int c1 = c0 + BN;
+                load_tile<T, DP, BN, THREADS, WG>(sK + next, Kg + (int64_t)c1 * f.k_st, f.k_st, lk - c1, dq, (const T *)f.k);
+                load_tile<T, DP, BN, THREADS, WG>(sV + next, Vg + (int64_t)c1 * f.v_st, f.v_st, lk - c1, dv, (const T *)f.v);
+            }
+            cp_async_commit();
+
 #pragma unroll
-        for (int sb = 0; sb < BN / SUB; sb++) {
-            const int cs = c0 + sb * SUB;
-            if (cs > khi || cs + SUB - 1 < klo) continue; /* no row of this block sees these keys */
-            /* S = Q K^T */
-            float s[MT][NT][4];
-            if constexpr (WG) { /* the warpgroup's 64 rows times the 128 keys, accumulated over D in steps of 16 */
-                float(&sacc)[NT * 4] = *reinterpret_cast<float(*)[NT * 4]>(&s[0][0][0]);
-                const uint32_t qrow = sQ + (uint32_t)(warp / 4) * 64u * 128u;
-                wgmma_fence();
+            for (int sb = 0; sb < BN / SUB; sb++) {
+                const int cs = c0 + sb * SUB;
+                if (cs > khi || cs + SUB - 1 < klo) continue; /* no row of this block sees these keys */
+                /* S = Q K^T */
+                float s[MT][NT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
 #pragma unroll
                 for (int kc = 0; kc < DP / 16; kc++) {
                     if (kc * 2 >= dq) break;
-                    /* 16 columns = 32 bytes into 64-column panel kc / 4; 8-row atoms 1024 bytes apart */
-                    const uint32_t step = (uint32_t)(kc % 4) * 32u, panel = (uint32_t)(kc / 4) * 128u;
-                    wg_ss<SUB, T>(sacc, wgmma_desc(qrow + panel * BM + step, 16, 1024),
-                                  wgmma_desc(sKb + panel * BN + step, 16, 1024), kc > 0);
-                }
-                wgmma_commit();
-                wgmma_wait<0>();
-                wgmma_fence_regs(sacc);
-            } else {
+                    uint32_t a[MT][4];
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++)
+                    for (int mt = 0; mt < MT; mt++)
+                        ldmatrix_x4(a[mt], swz_addr<DP>(sQ, warp * 16 * MT + mt * 16 + lane % 16, kc * 2 + lane / 16));
+                    /* the next pair of K fragments is loaded before this pair's mmas (double buffer):
+                     * the ldmatrix latency hides behind 2 * MT mmas */
+                    uint32_t bk[2][4];
+                    ldmatrix_x4(bk[0], swz_addr<DP>(sKb, sb * SUB + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+                    for (int np = 0; np < NT / 2; np++) {
+                        if (CFLASH_FWD_PREFETCH && np + 1 < NT / 2)
+                            ldmatrix_x4(bk[(np + 1) & 1], swz_addr<DP>(sKb, sb * SUB + (np + 1) * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
+                        if (!CFLASH_FWD_PREFETCH && np > 0)
+                            ldmatrix_x4(bk[np & 1], swz_addr<DP>(sKb, sb * SUB + np * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
 #pragma unroll
-            for (int kc = 0; kc < DP / 16; kc++) {
-                if (kc * 2 >= dq) break;
-                uint32_t a[MT][4];
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++)
-                    ldmatrix_x4(a[mt], swz_addr<DP>(sQ, warp * 16 * MT + mt * 16 + lane % 16, kc * 2 + lane / 16));
-                /* the next pair of K fragments is loaded before this pair's mmas (double buffer):
-                 * the ldmatrix latency hides behind 2 * MT mmas */
-                uint32_t bk[2][4];
-                ldmatrix_x4(bk[0], swz_addr<DP>(sKb, sb * SUB + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
-#pragma unroll
-                for (int np = 0; np < NT / 2; np++) {
-                    if (CFLASH_FWD_PREFETCH && np + 1 < NT / 2)
-                        ldmatrix_x4(bk[(np + 1) & 1], swz_addr<DP>(sKb, sb * SUB + (np + 1) * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
-                    if (!CFLASH_FWD_PREFETCH && np > 0)
-                        ldmatrix_x4(bk[np & 1], swz_addr<DP>(sKb, sb * SUB + np * 16 + (lane / 16) * 8 + lane % 8, kc * 2 + (lane / 8) % 2));
-#pragma unroll
-                    for (int mt = 0; mt < MT; mt++) {
-                        mma_m16n8k16(s[mt][2 * np], a[mt], bk[np & 1][0], bk[np & 1][1], T());
-                        mma_m16n8k16(s[mt][2 * np + 1], a[mt], bk[np & 1][2], bk[np & 1][3], T());
+                        for (int mt = 0; mt < MT; mt++) {
+                            mma_m16n8k16(s[mt][2 * np], a[mt], bk[np & 1][0], bk[np & 1][1], T());
+                            mma_m16n8k16(s[mt][2 * np + 1], a[mt], bk[np & 1][2], bk[np & 1][3], T());
+                        }
                     }
                 }
-            }
-            }
-
-            /* score rules, in base 2: scale, softcap, ALiBi, the visible interval. Each rule is its
-             * own loop under a block-uniform branch: folded into one loop, the compiler computes
-             * tanh and the ALiBi distance for every score whether or not they are on. */
-            if (score_mods) {
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            float x = s[mt][nt][e];
-                            x = f.softcap > 0.0f ? softcap2 * tanhf(x * cap_in) : x * scale2;
-                            if (f.alibi) {
-                                const int i = row_base + mt * 16 + (e / 2) * 8;
-                                const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
-                                x -= slope2 * fabsf((float)(j - i - diag));
-                            }
-                            s[mt][nt][e] = x;
-                        }
-            } else if (scale2 <= 0.0f) { /* a negative scale turns maxima into minima: scale first */
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) s[mt][nt][e] *= scale2;
-            } /* else the scale is applied inside exp2 (one FFMA per score) */
-            if (mask_or_bias) { /* read per score from global memory (L1/L2 resident), inside the sequence only */
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            const int i = row_base + mt * 16 + (e / 2) * 8;
-                            const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
-                            if (i >= lq || j >= lk) continue;
-                            /* the shapes were checked against the hints: a packed sequence longer
-                             * than its hint (bad device metadata) must not read past them */
-                            if (i >= hint_q || j >= hint_k) { s[mt][nt][e] = -INFINITY; continue; }
-                            if (f.bias.data)
-                                s[mt][nt][e] += LOG2E_F * load_score_src(f.bias, bias_base + i * f.bias.sq + j * f.bias.sk);
-                            if (f.mask.data && ((const uint8_t *)f.mask.data)[mask_base + i * f.mask.sq + j * f.mask.sk] == 0)
-                                s[mt][nt][e] = -INFINITY;
-                        }
-            }
-            if (!(cs >= full_lo && cs + SUB - 1 <= full_hi)) { /* some row does not see all of it */
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            const int i = row_base + mt * 16 + (e / 2) * 8;
-                            const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
-                            if (j < lo_of(i) || j > hi_of(i)) s[mt][nt][e] = -INFINITY;
-                        }
-            }
-
-            /* online softmax: rows are shared by the 4 lanes of a quad; scores are in base 2 times
-             * `sc` (1 when the rules above already scaled them) */
-            float corr[MT][2];
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                for (int hr = 0; hr < 2; hr++) {
-                    float mx = -INFINITY;
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hr], s[mt][nt][2 * hr + 1]));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                    const float mnew = fmaxf(m[mt][hr], mx * sc);
-                    const float muse = mnew == -INFINITY ? 0.0f : mnew; /* no key yet: keep exp2 finite */
-                    corr[mt][hr] = exp2f(m[mt][hr] - muse);
-                    m[mt][hr] = mnew;
-                    float sum = 0.0f;
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++) {
-                        s[mt][nt][2 * hr] = exp2f(fmaf(s[mt][nt][2 * hr], sc, -muse));
-                        s[mt][nt][2 * hr + 1] = exp2f(fmaf(s[mt][nt][2 * hr + 1], sc, -muse));
-                        sum += s[mt][nt][2 * hr] + s[mt][nt][2 * hr + 1];
-                    }
-                    l[mt][hr] = l[mt][hr] * corr[mt][hr] + sum;
-                }
-            /* O is rescaled only when some row's maximum moved (a warp-uniform vote): after the
-             * first key blocks of a row that is the rare case, and x * 1 is exact anyway */
-            bool moved = false;
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++) moved |= corr[mt][0] != 1.0f || corr[mt][1] != 1.0f;
-            if (__any_sync(0xffffffffu, moved)) {
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                    for (int dt = 0; dt < DT; dt++) {
-                        o[mt][dt][0] *= corr[mt][0];
-                        o[mt][dt][1] *= corr[mt][0];
-                        o[mt][dt][2] *= corr[mt][1];
-                        o[mt][dt][3] *= corr[mt][1];
-                    }
-            }
-
-            /* O += P V: the S accumulators of n tiles 2kc and 2kc + 1 are the A fragment of keys
-             * [16 kc, 16 kc + 16) */
-            if constexpr (WG) { /* all of P packed first: the registers are read while the wgmmas run */
-                uint32_t pa[SUB / 16][4];
+                score_rules(s, cs);
+                float corr[MT][2];
+                softmax(s, corr);
+                rescale_o(corr);
+                /* O += P V: the S accumulators of n tiles 2kc and 2kc + 1 are the A fragment of keys
+                 * [16 kc, 16 kc + 16) */
 #pragma unroll
                 for (int kc = 0; kc < SUB / 16; kc++) {
-                    pa[kc][0] = pack2(s[0][2 * kc][0], s[0][2 * kc][1], T());
-                    pa[kc][1] = pack2(s[0][2 * kc][2], s[0][2 * kc][3], T());
-                    pa[kc][2] = pack2(s[0][2 * kc + 1][0], s[0][2 * kc + 1][1], T());
-                    pa[kc][3] = pack2(s[0][2 * kc + 1][2], s[0][2 * kc + 1][3], T());
-                }
-                float(&oacc)[DT * 4] = *reinterpret_cast<float(*)[DT * 4]>(&o[0][0][0]);
-                wgmma_fence_regs(oacc);
-                wgmma_fence();
-                /* V is N-major: 8-key groups 1024 bytes apart, 64-column panels one tile height apart */
-#pragma unroll
-                for (int kc = 0; kc < SUB / 16; kc++)
-                    wg_rs<DP, T>(oacc, pa[kc], wgmma_desc(sVb + (uint32_t)(sb * SUB + kc * 16) * 128u, (uint32_t)BN * 128u, 1024));
-                wgmma_commit();
-                wgmma_wait<0>();
-                wgmma_fence_regs(oacc);
-            } else
-#pragma unroll
-            for (int kc = 0; kc < SUB / 16; kc++) {
-                uint32_t a[MT][4];
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    a[mt][0] = pack2(s[mt][2 * kc][0], s[mt][2 * kc][1], T());
-                    a[mt][1] = pack2(s[mt][2 * kc][2], s[mt][2 * kc][3], T());
-                    a[mt][2] = pack2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1], T());
-                    a[mt][3] = pack2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3], T());
-                }
-                const int vrow = sb * SUB + kc * 16 + ((lane / 8) % 2) * 8 + lane % 8;
-                uint32_t bv[2][4];
-                ldmatrix_x4_trans(bv[0], swz_addr<DP>(sVb, vrow, lane / 16));
-#pragma unroll
-                for (int dp = 0; dp < DP / 16; dp++) {
-                    if (dp * 2 >= dv) break;
-                    if (CFLASH_FWD_PREFETCH && dp + 1 < DP / 16 && (dp + 1) * 2 < dv) /* next V fragments first */
-                        ldmatrix_x4_trans(bv[(dp + 1) & 1], swz_addr<DP>(sVb, vrow, (dp + 1) * 2 + lane / 16));
-                    if (!CFLASH_FWD_PREFETCH && dp > 0)
-                        ldmatrix_x4_trans(bv[dp & 1], swz_addr<DP>(sVb, vrow, dp * 2 + lane / 16));
+                    uint32_t a[MT][4];
 #pragma unroll
                     for (int mt = 0; mt < MT; mt++) {
-                        mma_m16n8k16(o[mt][2 * dp], a[mt], bv[dp & 1][0], bv[dp & 1][1], T());
-                        mma_m16n8k16(o[mt][2 * dp + 1], a[mt], bv[dp & 1][2], bv[dp & 1][3], T());
+                        a[mt][0] = pack2(s[mt][2 * kc][0], s[mt][2 * kc][1], T());
+                        a[mt][1] = pack2(s[mt][2 * kc][2], s[mt][2 * kc][3], T());
+                        a[mt][2] = pack2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1], T());
+                        a[mt][3] = pack2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3], T());
+                    }
+                    const int vrow = sb * SUB + kc * 16 + ((lane / 8) % 2) * 8 + lane % 8;
+                    uint32_t bv[2][4];
+                    ldmatrix_x4_trans(bv[0], swz_addr<DP>(sVb, vrow, lane / 16));
+#pragma unroll
+                    for (int dp = 0; dp < DP / 16; dp++) {
+                        if (dp * 2 >= dv) break;
+                        if (CFLASH_FWD_PREFETCH && dp + 1 < DP / 16 && (dp + 1) * 2 < dv) /* next V fragments first */
+                            ldmatrix_x4_trans(bv[(dp + 1) & 1], swz_addr<DP>(sVb, vrow, (dp + 1) * 2 + lane / 16));
+                        if (!CFLASH_FWD_PREFETCH && dp > 0)
+                            ldmatrix_x4_trans(bv[dp & 1], swz_addr<DP>(sVb, vrow, dp * 2 + lane / 16));
+#pragma unroll
+                        for (int mt = 0; mt < MT; mt++) {
+                            mma_m16n8k16(o[mt][2 * dp], a[mt], bv[dp & 1][0], bv[dp & 1][1], T());
+                            mma_m16n8k16(o[mt][2 * dp + 1], a[mt], bv[dp & 1][2], bv[dp & 1][3], T());
+                        }
                     }
                 }
             }
         }
+        cp_async_wait_all(); /* no key block (Lk = 0, all masked): Q's copies must not outlive the block */
     }
-
-    cp_async_wait_all(); /* no key block (Lk = 0, all masked): Q's copies must not outlive the block */
 
     /* epilogue: row sums across the quad, the sink, 1 / l, stores */
     const float z2 = f.sinks ? f.sinks[(int64_t)h * f.sinks_sh] * LOG2E_F : -INFINITY;
@@ -532,7 +580,10 @@ extern "C" enum cflash_status cuda_fwd_launch(const struct cuda_fwd *f, enum cud
         st = wg ? (bf ? launch<__nv_bfloat16, 128, true>(f) : launch<__half, 128, true>(f))
                 : (bf ? launch<__nv_bfloat16, 128, false>(f) : launch<__half, 128, false>(f));
         break;
-    case CUDA_FWD_D256: st = bf ? launch<__nv_bfloat16, 256, false>(f) : launch<__half, 256, false>(f); break;
+    case CUDA_FWD_D256:
+        st = wg ? (bf ? launch<__nv_bfloat16, 256, true>(f) : launch<__half, 256, true>(f))
+                : (bf ? launch<__nv_bfloat16, 256, false>(f) : launch<__half, 256, false>(f));
+        break;
     default: st = cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: no CUDA kernel for this head dim");
     }
     cuda_device_leave(f->device_id, prev);
