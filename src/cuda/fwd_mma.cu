@@ -86,14 +86,14 @@ template <int DP, bool WG> struct fwd_tile;
 #ifndef CFLASH_FWD_SUB128 /* experiment switch: keys per compute step at D = 128 */
 #define CFLASH_FWD_SUB128 32
 #endif
-template <> struct fwd_tile<64, false>  { static constexpr int MT = 2, NW = 4, BN = 64, SUB = 64; };
-template <> struct fwd_tile<128, false> { static constexpr int MT = 2, NW = 4, BN = 64, SUB = CFLASH_FWD_SUB128; };
-template <> struct fwd_tile<256, false> { static constexpr int MT = 1, NW = 8, BN = 64, SUB = 64; };
+template <> struct fwd_tile<64, false>  { static constexpr int MT = 2, NW = 4, BN = 64, SUB = 64, MINB = 1; };
+template <> struct fwd_tile<128, false> { static constexpr int MT = 2, NW = 4, BN = 64, SUB = CFLASH_FWD_SUB128, MINB = 1; };
+template <> struct fwd_tile<256, false> { static constexpr int MT = 1, NW = 8, BN = 64, SUB = 64, MINB = 1; };
 /* wgmma (sm_90a): two warpgroups of 64 rows share each K / V tile of 128 keys (64 at D = 256);
  * S (BN / 2 registers) and O (DP / 2) are wgmma accumulators; one compute step per tile */
-template <> struct fwd_tile<64, true>  { static constexpr int MT = 1, NW = 8, BN = 128, SUB = 128; };
-template <> struct fwd_tile<128, true> { static constexpr int MT = 1, NW = 8, BN = 128, SUB = 128; };
-template <> struct fwd_tile<256, true> { static constexpr int MT = 1, NW = 8, BN = 64, SUB = 64; }; /* O: 128 registers */
+template <> struct fwd_tile<64, true>  { static constexpr int MT = 1, NW = 8, BN = 64, SUB = 64, MINB = 2; };
+template <> struct fwd_tile<128, true> { static constexpr int MT = 1, NW = 8, BN = 128, SUB = 128, MINB = 1; };
+template <> struct fwd_tile<256, true> { static constexpr int MT = 1, NW = 8, BN = 64, SUB = 64, MINB = 1; }; /* O: 128 registers */
 
 /* Q, then two K tiles and two V tiles (block nb + 1 is copied while block nb is computed):
  * mma.sync D=64 48 KB, D=128 96 KB (two blocks per SM), D=256 192 KB (one block of 8 warps);
@@ -117,7 +117,7 @@ static __device__ __forceinline__ void wg_rs(float (&d)[N / 2], const uint32_t a
 }
 
 template <typename T, int DP, bool WG>
-__global__ void __launch_bounds__(fwd_tile<DP, WG>::NW * 32)
+__global__ void __launch_bounds__(fwd_tile<DP, WG>::NW * 32, fwd_tile<DP, WG>::MINB)
 fwd_mma_kernel(const struct cuda_fwd f) {
     constexpr int MT = fwd_tile<DP, WG>::MT, NW = fwd_tile<DP, WG>::NW, BN = fwd_tile<DP, WG>::BN, SUB = fwd_tile<DP, WG>::SUB;
     constexpr int BM = 16 * MT * NW, NT = SUB / 8, DT = DP / 8, THREADS = NW * 32;
