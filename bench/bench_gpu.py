@@ -1,5 +1,6 @@
 """GPU benchmark: cflash's CUDA backend against torch SDPA's cuDNN and FlashAttention-2 backends
-(and FlexAttention for masks), measured in the same run (PERF.md protocol).
+(and FlexAttention for masks, packed documents and score mods), measured in the same run (PERF.md
+protocol). "mma" is our mma.sync kernel on the same case (CFLASH_CUDA_KERNEL=mma).
 
     python3 bench/bench_gpu.py [--build build-gpu] [--quick] [--filter SUBSTR] [--out FILE]
 
@@ -96,6 +97,25 @@ def reference_slice(q, k, v, causal, window, softcap, alibi, scale, rows):
     return p @ vs
 
 
+_FLEX = {}
+
+
+def flex_time(torch, q, k, v, B, H, Lq, Lk, mask_mod=None, score_mod=None, gqa=False):
+    """Milliseconds of torch's FlexAttention (compiled once per process, block mask built outside
+    the timing) on q, k, v in [B, H, L, D]; None when it cannot serve the case (compile errors,
+    missing Triton): the table then shows 0."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        if "fn" not in _FLEX:
+            _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+        bm = create_block_mask(mask_mod, B, H, Lq, Lk, device="cuda") if mask_mod is not None else None
+        fn = lambda: _FLEX["fn"](q, k, v, score_mod=score_mod, block_mask=bm, enable_gqa=gqa)
+        return time_ms(fn)
+    except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
+        print(f"  flex refused: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}", file=sys.stderr)
+        return None
+
+
 def packed_cases(cflash, torch, rows_out, time_ms):
     """varlen: 16 documents of random lengths summing to 16384 tokens, Hq:Hk = 16:16 and 64:8,
     D=128, causal per document; key-side keep mask (70% of keys, flash-dmattn style) over 2
@@ -129,7 +149,15 @@ def packed_cases(cflash, torch, rows_out, time_ms):
         name = f"varlen bf16 D=128 16 docs 16384 tokens Hq:Hk={Hq}:{Hk} causal"
         records.append({"case": name, "unit": "TFLOP/s", "ours": round(tf, 1), "peer": "self_dense",
                         "peer_value": round(dense, 1), "ratio": round(tf / dense, 3), "correct": ok, "max_err": round(err, 5)})
-        rows_out.append((name, tf, None, None, ok, err, 2e-2, None))
+        # FlexAttention with a document mask over the packed tokens (one batch entry)
+        doc = torch.repeat_interleave(torch.arange(len(lens), device=dev), torch.tensor(lens, device=dev))
+        ms = flex_time(torch, *(x.transpose(0, 1).unsqueeze(0).contiguous() for x in (q, k, v)), 1, Hq, 16384, 16384,
+                       mask_mod=lambda b, h, i, j: (doc[i] == doc[j]) & (i >= j), gqa=Hq != Hk)
+        if ms:
+            records.append({"case": name, "unit": "TFLOP/s", "ours": round(tf, 1), "peer": "flex",
+                            "peer_value": round(flops / ms / 1e9, 1), "ratio": round(tf / (flops / ms / 1e9), 3),
+                            "correct": ok, "max_err": round(err, 5)})
+        rows_out.append((name, tf, None, None, ok, err, 2e-2, None, flops / ms / 1e9 if ms else None))
     # key-side mask, 70% of keys kept, 2 x 8192 keys, full attention
     Hq = Hk = 16
     cu = torch.tensor([0, 8192, 16384], dtype=torch.int32, device=dev)
@@ -153,7 +181,14 @@ def packed_cases(cflash, torch, rows_out, time_ms):
     name = "keyside bf16 D=128 2 x 8192 Hq=16 mask 70% kept full"
     records.append({"case": name, "unit": "TFLOP/s", "ours": round(tf, 1), "peer": "self_dense",
                     "peer_value": round(dense, 1), "ratio": round(tf / dense, 3), "correct": ok, "max_err": round(err, 5)})
-    rows_out.append((name, tf, None, None, ok, err, 2e-2, None))
+    keep2 = keep[:, 0].view(2, 8192)
+    ms = flex_time(torch, *(x.view(2, 8192, Hq, D).transpose(1, 2).contiguous() for x in (q, k, v)), 2, Hq, 8192, 8192,
+                   mask_mod=lambda b, h, i, j: keep2[b, j])
+    if ms:
+        records.append({"case": name, "unit": "TFLOP/s", "ours": round(tf, 1), "peer": "flex",
+                        "peer_value": round(flops / ms / 1e9, 1), "ratio": round(tf / (flops / ms / 1e9), 3),
+                        "correct": ok, "max_err": round(err, 5)})
+    rows_out.append((name, tf, None, None, ok, err, 2e-2, None, flops / ms / 1e9 if ms else None))
     return records
 
 
@@ -241,6 +276,19 @@ def main():
         if name.startswith("feature") and "yardstick" in name:
             plain["causal" if causal else "full"] = tf
         peer_vals = {}
+        if name.startswith("feature"):  # FlexAttention with the same rules as score / mask mods
+            qf, kf, vf = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+            left = window[0]
+            mask_mod = (lambda b, h, i, j: (i >= j) & (i - j <= left)) if causal and left >= 0 else \
+                       (lambda b, h, i, j: i >= j) if causal else None
+            score_mod = None
+            if alibi:
+                score_mod = lambda sc, b, h, i, j: sc - slopes[h] * (i - j).abs()
+            elif softcap:
+                score_mod = lambda sc, b, h, i, j: softcap * torch.tanh(sc / softcap)
+            ms_flex = flex_time(torch, qf, kf, vf, B, Hq, L, L, mask_mod=mask_mod, score_mod=score_mod)
+            peer_vals["flex"] = flops / ms_flex / 1e9 if ms_flex else None
+            del qf, kf, vf
         for peer in peers:
             backend = SDPBackend.CUDNN_ATTENTION if peer == "cudnn" else SDPBackend.FLASH_ATTENTION
             try:
@@ -256,11 +304,12 @@ def main():
                             "peer_value": None if value is None else round(value, 1),
                             "ratio": None if not value else round(tf / value, 3), "correct": correct,
                             "max_err": round(err, 5)})
-        if not peers:
+        if not peers or (name.startswith("feature") and "yardstick" not in name):  # ratio to our plain kernel below
             records.append({"case": name, "unit": "TFLOP/s", "ours": round(tf, 1), "ours_mma": round(tf_mma, 1),
                             "peer": "self_dense", "peer_value": None, "ratio": None, "correct": correct,
                             "max_err": round(err, 5)})
-        rows_out.append((name, tf, peer_vals.get("cudnn"), peer_vals.get("fa2"), correct, err, tol, tf_mma))
+        rows_out.append((name, tf, peer_vals.get("cudnn"), peer_vals.get("fa2"), correct, err, tol, tf_mma,
+                         peer_vals.get("flex")))
         del q, k, v, out
         torch.cuda.empty_cache()
 
@@ -287,10 +336,11 @@ def main():
     if os.environ.get("OUT") and os.path.dirname(os.path.abspath(args.out)) != os.path.abspath(os.environ["OUT"]):
         shutil.copy(args.out, os.path.join(os.environ["OUT"], os.path.basename(args.out)))
 
-    print(f"\n{'case':<62} {'ours':>7} {'mma':>7} {'cuDNN':>7} {'FA2':>7} {'/FA2':>6} ok  err")
-    for name, tf, cu, fa, ok, err, tol, tf_mma in rows_out:
+    print(f"\n{'case':<62} {'ours':>7} {'mma':>7} {'cuDNN':>7} {'FA2':>7} {'flex':>7} {'/FA2':>6} ok  err")
+    for name, tf, cu, fa, ok, err, tol, tf_mma, fx in rows_out:
         ratio = f"{tf / fa:6.2f}" if fa else "     -"
-        print(f"{name:<62} {tf:7.1f} {tf_mma or 0:7.1f} {cu or 0:7.1f} {fa or 0:7.1f} {ratio} {'y' if ok else 'N'}  {err:.2g}/{tol:.2g}")
+        print(f"{name:<62} {tf:7.1f} {tf_mma or 0:7.1f} {cu or 0:7.1f} {fa or 0:7.1f} {fx or 0:7.1f} {ratio} "
+              f"{'y' if ok else 'N'}  {err:.2g}/{tol:.2g}")
     return 0 if all(r[4] for r in rows_out) else 1
 
 

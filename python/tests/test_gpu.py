@@ -90,6 +90,36 @@ def test_varlen_key_side_mask_query_side_bias(torch, rng):
                                                              bias=bias, bias_layout="query_side", rnd=rnd), dtype)
 
 
+@pytest.mark.parametrize("engine", ["auto", "mma"])
+@pytest.mark.parametrize("varlen", [False, True])
+def test_key_side_mask_and_bias(torch, rng, monkeypatch, engine, varlen):
+    """One mask / bias value per key, the same for every row (the kernels read these once per key
+    column): dense [B, 1, 1, Lk] mask with a [B, Hq, 1, Lk] bias, and packed [Tk, Hv] masks;
+    with the engine the library picks and with the mma.sync kernel forced."""
+    monkeypatch.setenv("CFLASH_CUDA_KERNEL", engine)
+    dtype, D, Hq, Hk = "bfloat16", 128, 4, 2
+    if not varlen:
+        B, Lq, Lk = 2, 70, 300
+        q, k, v = randn(rng, (B, Lq, Hq, D), dtype), randn(rng, (B, Lk, Hk, D), dtype), randn(rng, (B, Lk, Hk, D), dtype)
+        mask = rng.random((B, 1, 1, Lk)) < 0.6
+        bias = rng.standard_normal((B, Hq, 1, Lk)).astype(np.float32)
+        out, lse = cflash.attn_dense(cuda(torch, q, dtype), cuda(torch, k, dtype), cuda(torch, v, dtype),
+                                     mask=torch.from_numpy(mask).cuda(), bias=torch.from_numpy(bias).cuda(),
+                                     causal=True, return_lse=True)
+        check(back(out), back(lse), lambda rnd: reference.dense(q, k, v, mask=mask, bias=bias, causal=True, rnd=rnd), dtype)
+        return
+    lq, lk = [3, 0, 140, 40], [50, 7, 260, 0]
+    cu_q, cu_k = np.cumsum([0] + lq), np.cumsum([0] + lk)
+    q, k, v = randn(rng, (cu_q[-1], Hq, D), dtype), randn(rng, (cu_k[-1], Hk, D), dtype), randn(rng, (cu_k[-1], Hk, D), dtype)
+    mask = rng.random((cu_k[-1], Hk)) < 0.6
+    cq = torch.tensor(cu_q, dtype=torch.int32, device="cuda")
+    ck = torch.tensor(cu_k, dtype=torch.int32, device="cuda")
+    out, lse = cflash.attn_varlen(cuda(torch, q, dtype), cuda(torch, k, dtype), cuda(torch, v, dtype), cq, ck,
+                                  max(lq), max(lk), mask=torch.from_numpy(mask).cuda(), window=(100, 0), return_lse=True)
+    check(back(out), back(lse), lambda rnd: reference.varlen(q, k, v, cu_q, cu_k, mask=mask, mask_layout="key_side",
+                                                             window=(100, 0), rnd=rnd), dtype)
+
+
 def test_unsupported_on_gpu_raise(torch, rng):
     q = torch.randn(1, 16, 2, 64, device="cuda", dtype=torch.float16)
     with pytest.raises(NotImplementedError, match="float16 or bfloat16"):

@@ -200,108 +200,126 @@ fwd_mma_kernel(const struct cuda_fwd f) {
      * the score rules (in base 2), the online softmax (S becomes P, m and l move, corr is the
      * factor O must be rescaled by), and the rescale of O. */
     auto score_rules = [&](float(&s)[MT][NT][4], const int cs) {
-    /* score rules, in base 2: scale, softcap, ALiBi, the visible interval. Each rule is its
-     * own loop under a block-uniform branch: folded into one loop, the compiler computes
-     * tanh and the ALiBi distance for every score whether or not they are on. */
-    if (score_mods) {
+        /* score rules, in base 2: scale, softcap, ALiBi, the visible interval. Each rule is its
+         * own loop under a block-uniform branch: folded into one loop, the compiler computes
+         * tanh and the ALiBi distance for every score whether or not they are on. */
+        if (score_mods) {
+            /* ALiBi's distance j - i - diag as this thread's base for the block plus compile-time
+             * offsets, in float (an int -> float conversion per score runs at a quarter of the FMA
+             * rate); exact while distances stay below 2^24 */
+            const float abase = (float)((int64_t)cs + 2 * (lane % 4) - row_base - diag);
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        float x = s[mt][nt][e];
+                        x = f.softcap > 0.0f ? softcap2 * tanhf(x * cap_in) : x * scale2;
+                        if (f.alibi) x -= slope2 * fabsf(abase + (float)(nt * 8 + (e & 1) - mt * 16 - (e / 2) * 8));
+                        s[mt][nt][e] = x;
+                    }
+        } else if (scale2 <= 0.0f) { /* a negative scale turns maxima into minima: scale first */
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) s[mt][nt][e] *= scale2;
+        } /* else the scale is applied inside exp2 (one FFMA per score) */
+        if (mask_or_bias && f.mask.sq == 0 && f.bias.sq == 0) {
+            /* key-side (one value per key, the same for every row): read once per key column */
 #pragma unroll
             for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float x = s[mt][nt][e];
-                    x = f.softcap > 0.0f ? softcap2 * tanhf(x * cap_in) : x * scale2;
-                    if (f.alibi) {
+                for (int c = 0; c < 2; c++) {
+                    const int j = cs + nt * 8 + 2 * (lane % 4) + c;
+                    if (j >= lk) continue;
+                    bool drop = j >= hint_k; /* bad device metadata must not read past the hint */
+                    float add = 0.0f;
+                    if (!drop && f.bias.data) add = LOG2E_F * load_score_src(f.bias, bias_base + j * f.bias.sk);
+                    if (!drop && f.mask.data) drop = ((const uint8_t *)f.mask.data)[mask_base + j * f.mask.sk] == 0;
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        s[mt][nt][c] = drop ? -INFINITY : s[mt][nt][c] + add;
+                        s[mt][nt][2 + c] = drop ? -INFINITY : s[mt][nt][2 + c] + add;
+                    }
+                }
+        } else if (mask_or_bias) { /* read per score from global memory (L1/L2 resident), inside the sequence only */
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
                         const int i = row_base + mt * 16 + (e / 2) * 8;
                         const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
-                        x -= slope2 * fabsf((float)(j - i - diag));
+                        if (i >= lq || j >= lk) continue;
+                        /* the shapes were checked against the hints: a packed sequence longer
+                         * than its hint (bad device metadata) must not read past them */
+                        if (i >= hint_q || j >= hint_k) { s[mt][nt][e] = -INFINITY; continue; }
+                        if (f.bias.data)
+                            s[mt][nt][e] += LOG2E_F * load_score_src(f.bias, bias_base + i * f.bias.sq + j * f.bias.sk);
+                        if (f.mask.data && ((const uint8_t *)f.mask.data)[mask_base + i * f.mask.sq + j * f.mask.sk] == 0)
+                            s[mt][nt][e] = -INFINITY;
                     }
-                    s[mt][nt][e] = x;
-                }
-    } else if (scale2 <= 0.0f) { /* a negative scale turns maxima into minima: scale first */
+        }
+        if (!(cs >= full_lo && cs + SUB - 1 <= full_hi)) { /* some row does not see all of it */
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
+            for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-            for (int nt = 0; nt < NT; nt++)
+                for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) s[mt][nt][e] *= scale2;
-    } /* else the scale is applied inside exp2 (one FFMA per score) */
-    if (mask_or_bias) { /* read per score from global memory (L1/L2 resident), inside the sequence only */
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int i = row_base + mt * 16 + (e / 2) * 8;
-                    const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
-                    if (i >= lq || j >= lk) continue;
-                    /* the shapes were checked against the hints: a packed sequence longer
-                     * than its hint (bad device metadata) must not read past them */
-                    if (i >= hint_q || j >= hint_k) { s[mt][nt][e] = -INFINITY; continue; }
-                    if (f.bias.data)
-                        s[mt][nt][e] += LOG2E_F * load_score_src(f.bias, bias_base + i * f.bias.sq + j * f.bias.sk);
-                    if (f.mask.data && ((const uint8_t *)f.mask.data)[mask_base + i * f.mask.sq + j * f.mask.sk] == 0)
-                        s[mt][nt][e] = -INFINITY;
-                }
-    }
-    if (!(cs >= full_lo && cs + SUB - 1 <= full_hi)) { /* some row does not see all of it */
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int i = row_base + mt * 16 + (e / 2) * 8;
-                    const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
-                    if (j < lo_of(i) || j > hi_of(i)) s[mt][nt][e] = -INFINITY;
-                }
-    }
-    };
-    auto softmax = [&](float(&s)[MT][NT][4], float(&corr)[MT][2]) {
-    /* online softmax: rows are shared by the 4 lanes of a quad; scores are in base 2 times
-     * `sc` (1 when the rules above already scaled them) */
-#pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-        for (int hr = 0; hr < 2; hr++) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hr], s[mt][nt][2 * hr + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(m[mt][hr], mx * sc);
-            const float muse = mnew == -INFINITY ? 0.0f : mnew; /* no key yet: keep exp2 finite */
-            corr[mt][hr] = exp2f(m[mt][hr] - muse);
-            m[mt][hr] = mnew;
-            float sum = 0.0f;
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) {
-                s[mt][nt][2 * hr] = exp2f(fmaf(s[mt][nt][2 * hr], sc, -muse));
-                s[mt][nt][2 * hr + 1] = exp2f(fmaf(s[mt][nt][2 * hr + 1], sc, -muse));
-                sum += s[mt][nt][2 * hr] + s[mt][nt][2 * hr + 1];
-            }
-            l[mt][hr] = l[mt][hr] * corr[mt][hr] + sum;
+                    for (int e = 0; e < 4; e++) {
+                        const int i = row_base + mt * 16 + (e / 2) * 8;
+                        const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
+                        if (j < lo_of(i) || j > hi_of(i)) s[mt][nt][e] = -INFINITY;
+                    }
         }
     };
-    auto rescale_o = [&](const float(&corr)[MT][2]) {
-    /* O is rescaled only when some row's maximum moved (a warp-uniform vote): after the
-     * first key blocks of a row that is the rare case, and x * 1 is exact anyway */
-    bool moved = false;
-#pragma unroll
-    for (int mt = 0; mt < MT; mt++) moved |= corr[mt][0] != 1.0f || corr[mt][1] != 1.0f;
-    if (__any_sync(0xffffffffu, moved)) {
+    auto softmax = [&](float(&s)[MT][NT][4], float(&corr)[MT][2]) {
+        /* online softmax: rows are shared by the 4 lanes of a quad; scores are in base 2 times
+         * `sc` (1 when the rules above already scaled them) */
 #pragma unroll
         for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-            for (int dt = 0; dt < DT; dt++) {
-                o[mt][dt][0] *= corr[mt][0];
-                o[mt][dt][1] *= corr[mt][0];
-                o[mt][dt][2] *= corr[mt][1];
-                o[mt][dt][3] *= corr[mt][1];
+            for (int hr = 0; hr < 2; hr++) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hr], s[mt][nt][2 * hr + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float mnew = fmaxf(m[mt][hr], mx * sc);
+                const float muse = mnew == -INFINITY ? 0.0f : mnew; /* no key yet: keep exp2 finite */
+                corr[mt][hr] = exp2f(m[mt][hr] - muse);
+                m[mt][hr] = mnew;
+                float sum = 0.0f;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    s[mt][nt][2 * hr] = exp2f(fmaf(s[mt][nt][2 * hr], sc, -muse));
+                    s[mt][nt][2 * hr + 1] = exp2f(fmaf(s[mt][nt][2 * hr + 1], sc, -muse));
+                    sum += s[mt][nt][2 * hr] + s[mt][nt][2 * hr + 1];
+                }
+                l[mt][hr] = l[mt][hr] * corr[mt][hr] + sum;
             }
-    }
+    };
+    auto rescale_o = [&](const float(&corr)[MT][2]) {
+        /* O is rescaled only when some row's maximum moved (a warp-uniform vote): after the
+         * first key blocks of a row that is the rare case, and x * 1 is exact anyway */
+        bool moved = false;
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) moved |= corr[mt][0] != 1.0f || corr[mt][1] != 1.0f;
+        if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int dt = 0; dt < DT; dt++) {
+                    o[mt][dt][0] *= corr[mt][0];
+                    o[mt][dt][1] *= corr[mt][0];
+                    o[mt][dt][2] *= corr[mt][1];
+                    o[mt][dt][3] *= corr[mt][1];
+                }
+        }
     };
 
     if constexpr (WG) {
