@@ -68,12 +68,11 @@ __device__ __forceinline__ void load_tile(uint32_t s, const T *g, int64_t stride
     }
 }
 
-/* one bias element as fp32 */
-__device__ __forceinline__ float load_score_src(const struct cuda_scoresrc &src, int64_t off) {
-    if (src.dtype == CFLASH_DTYPE_F16) return __half2float(((const __half *)src.data)[off]);
-    if (src.dtype == CFLASH_DTYPE_BF16) return __bfloat162float(((const __nv_bfloat16 *)src.data)[off]);
-    return ((const float *)src.data)[off];
-}
+/* one mask (uint8) or bias element as fp32 */
+static __device__ __forceinline__ float src_val(uint8_t x) { return (float)x; }
+static __device__ __forceinline__ float src_val(float x) { return x; }
+static __device__ __forceinline__ float src_val(__half x) { return __half2float(x); }
+static __device__ __forceinline__ float src_val(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 /* ---- the tile table: one row per (padded head dim, engine); select.c picks the row ----
  * MT  m16 tiles per warp (B fragments of K and V are reused MT times: at MT = 1 an H100 SM
@@ -227,42 +226,63 @@ fwd_mma_kernel(const struct cuda_fwd f) {
 #pragma unroll
                     for (int e = 0; e < 4; e++) s[mt][nt][e] *= scale2;
         } /* else the scale is applied inside exp2 (one FFMA per score) */
-        if (mask_or_bias && f.mask.sq == 0 && f.bias.sq == 0) {
-            /* key-side (one value per key, the same for every row): read once per key column */
+        if (mask_or_bias) {
+            /* Masks and biases from global memory (L1 / L2 resident). All reads of a block are
+             * issued before the first use: indices are clamped into the sequence and its hints
+             * (a packed sequence longer than its hint, i.e. bad device metadata, must not read
+             * past the shapes checked against the hints; its out-of-hint scores are dropped), so
+             * no branch separates the loads. Key-side sources (one value per key, sq == 0) are
+             * read once per key column instead of once per score. */
+            const int imax = (int)(lq < hint_q ? lq : hint_q) - 1, jmax = (int)(lk < hint_k ? lk : hint_k) - 1;
+            const bool keyside = f.mask.sq == 0 && f.bias.sq == 0;
+            auto apply = [&](float &x, int i, int j, float v, bool is_mask) {
+                if (i >= lq || j >= lk) return; /* outside the sequence: the visibility rule's */
+                x = i > imax || j > jmax ? -INFINITY : is_mask ? (v == 0.0f ? -INFINITY : x) : x + LOG2E_F * v;
+            };
+            auto pass = [&](auto tag, const void *data, int64_t base, int64_t sq, int64_t sk, bool is_mask) {
+                using S = decltype(tag);
+                const S *src = (const S *)data + base;
+                if (keyside) {
 #pragma unroll
-            for (int nt = 0; nt < NT; nt++)
+                    for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                for (int c = 0; c < 2; c++) {
-                    const int j = cs + nt * 8 + 2 * (lane % 4) + c;
-                    if (j >= lk) continue;
-                    bool drop = j >= hint_k; /* bad device metadata must not read past the hint */
-                    float add = 0.0f;
-                    if (!drop && f.bias.data) add = LOG2E_F * load_score_src(f.bias, bias_base + j * f.bias.sk);
-                    if (!drop && f.mask.data) drop = ((const uint8_t *)f.mask.data)[mask_base + j * f.mask.sk] == 0;
+                        for (int c = 0; c < 2; c++) {
+                            const int j = cs + nt * 8 + 2 * (lane % 4) + c;
+                            const float v = src_val(src[(int64_t)(j < jmax ? j : jmax) * sk]);
 #pragma unroll
-                    for (int mt = 0; mt < MT; mt++) {
-                        s[mt][nt][c] = drop ? -INFINITY : s[mt][nt][c] + add;
-                        s[mt][nt][2 + c] = drop ? -INFINITY : s[mt][nt][2 + c] + add;
-                    }
+                            for (int mt = 0; mt < MT; mt++) {
+                                apply(s[mt][nt][c], row_base + mt * 16, j, v, is_mask);
+                                apply(s[mt][nt][2 + c], row_base + mt * 16 + 8, j, v, is_mask);
+                            }
+                        }
+                } else {
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                            for (int e = 0; e < 4; e++) {
+                                const int i = row_base + mt * 16 + (e / 2) * 8;
+                                const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
+                                const int ic = i < imax ? i : imax, jc = j < jmax ? j : jmax;
+                                apply(s[mt][nt][e], i, j, src_val(src[(int64_t)ic * sq + (int64_t)jc * sk]), is_mask);
+                            }
                 }
-        } else if (mask_or_bias) { /* read per score from global memory (L1/L2 resident), inside the sequence only */
+            };
+            if (jmax < 0 || (imax < 0 && !keyside)) { /* nothing inside the hints (bad metadata): all dropped */
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++)
+                for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++)
+                    for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int i = row_base + mt * 16 + (e / 2) * 8;
-                        const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
-                        if (i >= lq || j >= lk) continue;
-                        /* the shapes were checked against the hints: a packed sequence longer
-                         * than its hint (bad device metadata) must not read past them */
-                        if (i >= hint_q || j >= hint_k) { s[mt][nt][e] = -INFINITY; continue; }
-                        if (f.bias.data)
-                            s[mt][nt][e] += LOG2E_F * load_score_src(f.bias, bias_base + i * f.bias.sq + j * f.bias.sk);
-                        if (f.mask.data && ((const uint8_t *)f.mask.data)[mask_base + i * f.mask.sq + j * f.mask.sk] == 0)
-                            s[mt][nt][e] = -INFINITY;
-                    }
+                        for (int e = 0; e < 4; e++)
+                            apply(s[mt][nt][e], row_base + mt * 16 + (e / 2) * 8, cs + nt * 8 + 2 * (lane % 4) + (e & 1), 0.0f, true);
+            } else {
+                if (f.bias.dtype == CFLASH_DTYPE_F32 && f.bias.data) pass(0.0f, f.bias.data, bias_base, f.bias.sq, f.bias.sk, false);
+                if (f.bias.dtype == CFLASH_DTYPE_F16 && f.bias.data) pass(__half(), f.bias.data, bias_base, f.bias.sq, f.bias.sk, false);
+                if (f.bias.dtype == CFLASH_DTYPE_BF16 && f.bias.data) pass(__nv_bfloat16(), f.bias.data, bias_base, f.bias.sq, f.bias.sk, false);
+                if (f.mask.data) pass((uint8_t)0, f.mask.data, mask_base, f.mask.sq, f.mask.sk, true);
+            }
         }
         if (!(cs >= full_lo && cs + SUB - 1 <= full_hi)) { /* some row does not see all of it */
 #pragma unroll
