@@ -438,7 +438,8 @@ static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, co
                                      int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
                                      const struct cflash_tensor *cu_q, const struct cflash_tensor *cu_k,
                                      int64_t max_seqlen_q, int64_t max_seqlen_k,
-                                     const struct attn_scoresrc *mask, const struct attn_scoresrc *bias) {
+                                     const struct attn_scoresrc *mask, const struct attn_scoresrc *bias,
+                                     const struct cuda_slice *slices, const int32_t *tile_slices) {
     if (p->kernel != CFLASH_KERNEL_AUTO)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: %s is a CPU kernel; CUDA tensors take CFLASH_KERNEL_AUTO", cflash_kernel_name(p->kernel));
     if (B > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 sequences, got %lld", (long long)B);
@@ -489,6 +490,8 @@ static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, co
     }
     f.device_id = q->device_id;
     f.stream = p->cuda_stream;
+    f.slices = slices;
+    f.tile_slices = tile_slices;
     enum cuda_fwd_config config;
     CHECK(cuda_fwd_select(&f, &config));
     return cuda_fwd_launch(&f, config);
@@ -512,7 +515,7 @@ enum cflash_status cflash_attn_dense(const struct cflash_tensor *q, const struct
     CHECK(check_call_devices(q, lse, p));
 #ifdef CFLASH_HAVE_CUDA
     if (q->device == CFLASH_DEVICE_CUDA)
-        return cuda_route(4, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, NULL, NULL, -1, -1, &mask, &bias);
+        return cuda_route(4, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, NULL, NULL, -1, -1, &mask, &bias, NULL, NULL);
 #endif
     if (B == 0 || Lq == 0) return CFLASH_STATUS_OK;
 
@@ -583,7 +586,8 @@ enum cflash_status cflash_attn_varlen(const struct cflash_tensor *q, const struc
                            max_seqlen_q < 0 ? "max_seqlen_q" : "max_seqlen_k");
         CHECK(check_scoresrc("mask", p->mask, p->mask_layout, 1, 1, B, Hq, Hk, max_seqlen_q, max_seqlen_k, Tq, Tk, &mask));
         CHECK(check_scoresrc("bias", p->bias, p->bias_layout, 0, 1, B, Hq, Hk, max_seqlen_q, max_seqlen_k, Tq, Tk, &bias));
-        return cuda_route(3, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, &mask, &bias);
+        return cuda_route(3, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, &mask, &bias,
+                          NULL, NULL);
     }
 #endif
     const int32_t *cq = cu_seqlens_q->data, *ck = cu_seqlens_k->data;
@@ -621,10 +625,8 @@ enum cflash_status cflash_attn_range(const struct cflash_tensor *q, const struct
     const struct cflash_attn_params defaults = CFLASH_ATTN_PARAMS_INIT;
     const struct cflash_attn_params *p = params ? params : &defaults;
     int64_t Hq = 0, Hk = 0, D = 0, Dv = 0;
-    CHECK(require_cpu("q", q));
-    CHECK(require_cpu("lse", lse));
-    CHECK(require_cpu_params(p));
     CHECK(check_qkvo(3, q, k, v, out, &Hq, &Hk, &D, &Dv));
+    CHECK(check_call_devices(q, lse, p));
     if (!plan) return INVALID("plan: must not be NULL");
     const int64_t Tq = q->shape[0], Tk = k->shape[0];
     if (Tq != plan->Tq) return INVALID("q: the plan was made for Tq = %lld tokens, q has %lld", (long long)plan->Tq, (long long)Tq);
@@ -640,6 +642,15 @@ enum cflash_status cflash_attn_range(const struct cflash_tensor *q, const struct
     struct attn_scoresrc mask, bias;
     CHECK(check_scoresrc("mask", p->mask, p->mask_layout, 1, 1, 1, Hq, Hk, Tq, Tk, Tq, Tk, &mask));
     CHECK(check_scoresrc("bias", p->bias, p->bias_layout, 0, 1, 1, Hq, Hk, Tq, Tk, Tq, Tk, &bias));
+#ifdef CFLASH_HAVE_CUDA
+    if (q->device == CFLASH_DEVICE_CUDA) { /* the plan's device copy is made on its first GPU call */
+        const struct cuda_slice *slices = NULL;
+        const int32_t *tiles = NULL;
+        if (Tq == 0) return CFLASH_STATUS_OK;
+        CHECK(range_plan_on_device(plan, q->device_id, &slices, &tiles));
+        return cuda_route(3, q, k, v, out, lse, p, 1, Hq, Hk, D, Dv, NULL, NULL, -1, -1, &mask, &bias, slices, tiles);
+    }
+#endif
     if (Tq == 0) return CFLASH_STATUS_OK;
     return run_work(3, q, k, v, out, lse, p, 1, Hq, Hk, D, Dv, plan->segments, plan->num_segments,
                     plan->slices, &mask, &bias);

@@ -18,6 +18,7 @@
 
 #include "cflash.h"
 
+#include <pthread.h>
 #include <stdint.h>
 
 /* A band bound that never clips, and never overflows when a row or column is added to it. */
@@ -170,6 +171,7 @@ static inline int64_t scoresrc_offset(const struct attn_scoresrc *m, const struc
 
 /* ---- range.c: a compiled range plan (public handle cflash_range_plan_t) ---- */
 #define RANGE_BLOCK_ROWS 128 /* rows per segment: the largest query tile (tiled_geometry) */
+#define RANGE_PLAN_MAX_GPUS 16
 struct cflash_range_plan {
     int64_t Tq, Tk;
     int64_t num_slices;          /* distinct non-empty slices */
@@ -177,7 +179,21 @@ struct cflash_range_plan {
     int64_t num_segments;        /* ceil(Tq / RANGE_BLOCK_ROWS) row blocks */
     struct attn_segment *segments;
     struct attn_slice *slices;   /* per segment, copies of the slices that intersect it */
+    /* device copies (range.c, range_plan_on_device): made on a GPU's first call with the plan,
+     * under gpu_lock (calls on one plan may come from several threads), freed with the plan */
+    pthread_mutex_t gpu_lock;
+    int32_t num_gpus;
+    int32_t gpu_device[RANGE_PLAN_MAX_GPUS];
+    void *gpu_copy[RANGE_PLAN_MAX_GPUS];
 };
+#ifdef CFLASH_HAVE_CUDA
+struct cuda_slice;
+/* The plan's slices and 128-row block list on CUDA device `device` (struct cuda_fwd's `slices`
+ * and `tile_slices`), uploaded on the first call there. OUT_OF_MEMORY / DEVICE_ERROR /
+ * UNSUPPORTED (more than RANGE_PLAN_MAX_GPUS devices). */
+enum cflash_status range_plan_on_device(const struct cflash_range_plan *plan, int32_t device,
+                                        const struct cuda_slice **slices, const int32_t **tiles);
+#endif
 
 /* ---- threads.c: run fn(ctx, item, thread) for item in [0, n) on num_threads threads ---- */
 typedef void (*parallel_fn)(void *ctx, int64_t item, int32_t thread);

@@ -11,6 +11,9 @@
  * intersect it, so the kernels see the same structure as for dense and packed inputs.
  */
 #include "internal.h"
+#ifdef CFLASH_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
 
 #include <stdlib.h>
 #include <string.h>
@@ -115,7 +118,7 @@ enum cflash_status cflash_range_plan_create(cflash_range_plan_t *out_plan,
     struct cflash_range_plan *plan = calloc(1, sizeof *plan);
     struct attn_slice *all = malloc(sizeof *all * (size_t)(n > 0 ? n : 1));
     struct keyed *order = malloc(sizeof *order * (size_t)(n > 0 ? n : 1));
-    if (!plan || !all || !order) {
+    if (!plan || !all || !order || pthread_mutex_init(&plan->gpu_lock, NULL) != 0) {
         free(plan); free(all); free(order);
         return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "plan: out of memory");
     }
@@ -266,6 +269,10 @@ oom:
 
 void cflash_range_plan_destroy(cflash_range_plan_t plan) {
     if (!plan) return;
+#ifdef CFLASH_HAVE_CUDA
+    for (int32_t g = 0; g < plan->num_gpus; g++) cuda_plan_free(plan->gpu_device[g], plan->gpu_copy[g]);
+#endif
+    pthread_mutex_destroy(&plan->gpu_lock);
     free(plan->unique);
     free(plan->segments);
     free(plan->slices);
@@ -288,3 +295,60 @@ int64_t cflash_range_plan_visible_cells(const struct cflash_range_plan *plan) {
     }
     return cells;
 }
+
+#ifdef CFLASH_HAVE_CUDA
+_Static_assert(sizeof(struct cuda_slice) == sizeof(struct attn_slice), "the device slice is struct attn_slice's layout");
+
+/* The device layout: the segments' slices as they are, then int32 tile_slices[ntiles + 1] with
+ * 128-row block t owning slices [tile_slices[t], tile_slices[t + 1]) (blocks in no slice:
+ * empty ranges, so their rows are written as empty rows). */
+enum cflash_status range_plan_on_device(const struct cflash_range_plan *cplan, int32_t device,
+                                        const struct cuda_slice **slices, const int32_t **tiles) {
+    struct cflash_range_plan *plan = (struct cflash_range_plan *)cplan; /* the device copies are a cache */
+    const int64_t ntiles = (plan->Tq + RANGE_BLOCK_ROWS - 1) / RANGE_BLOCK_ROWS;
+    const int64_t ns = plan->num_segments > 0 ? plan->segments[plan->num_segments - 1].s1 : 0;
+    const size_t slice_bytes = sizeof(struct attn_slice) * (size_t)ns;
+    if (ntiles + 1 > INT32_MAX || ns > INT32_MAX)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "plan: too many blocks or slices for the CUDA backend");
+    enum cflash_status st = CFLASH_STATUS_OK;
+    pthread_mutex_lock(&plan->gpu_lock);
+    int32_t g = 0;
+    while (g < plan->num_gpus && plan->gpu_device[g] != device) g++;
+    if (g == plan->num_gpus) {
+        if (g == RANGE_PLAN_MAX_GPUS) {
+            st = cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "plan: used on more than %d GPUs", RANGE_PLAN_MAX_GPUS);
+        } else {
+            const size_t bytes = slice_bytes + sizeof(int32_t) * (size_t)(ntiles + 1);
+            char *host = malloc(bytes);
+            if (!host) {
+                st = cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "plan: out of memory");
+            } else {
+                memcpy(host, plan->slices, slice_bytes);
+                int32_t *t = (int32_t *)(host + slice_bytes);
+                for (int64_t i = 0; i <= ntiles; i++) t[i] = -1;
+                for (int64_t i = 0; i < plan->num_segments; i++) {
+                    const struct attn_segment *sg = &plan->segments[i];
+                    if (sg->s1 > sg->s0) t[sg->q0 / RANGE_BLOCK_ROWS] = (int32_t)sg->s0; /* one block */
+                }
+                t[ntiles] = (int32_t)ns;
+                for (int64_t i = ntiles - 1; i >= 0; i--) /* blocks in no slice: the next block's start */
+                    if (t[i] < 0) t[i] = t[i + 1];
+                void *dev = NULL;
+                st = cuda_plan_upload(device, host, bytes, &dev);
+                free(host);
+                if (st == CFLASH_STATUS_OK) {
+                    plan->gpu_device[g] = device;
+                    plan->gpu_copy[g] = dev;
+                    plan->num_gpus = g + 1;
+                }
+            }
+        }
+    }
+    if (st == CFLASH_STATUS_OK) {
+        *slices = (const struct cuda_slice *)plan->gpu_copy[g];
+        *tiles = (const int32_t *)((const char *)plan->gpu_copy[g] + slice_bytes);
+    }
+    pthread_mutex_unlock(&plan->gpu_lock);
+    return st;
+}
+#endif

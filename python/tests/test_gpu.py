@@ -120,6 +120,37 @@ def test_key_side_mask_and_bias(torch, rng, monkeypatch, engine, varlen):
                                                              window=(100, 0), rnd=rnd), dtype)
 
 
+RANGE_CASE = dict(Tq=700, Tk=900,
+                  q_ranges=[[0, 150], [150, 400], [150, 400], [150, 400], [400, 530], [530, 600], [600, 650]],
+                  k_ranges=[[0, 150], [0, 120], [200, 460], [500, 900], [600, 900], [100, 300], [640, 700]],
+                  types=["causal", "full", "band", "inv_causal", "causal", "band", "full"])
+
+
+@pytest.mark.parametrize("engine", ["auto", "mma"])
+@pytest.mark.parametrize("D", [64, 128, 256, 96])
+def test_range_plan(torch, rng, monkeypatch, engine, D):
+    """A range plan on the GPU: a causal document, a row block seeing three key slices of
+    different types, band and inverse-causal slices, rows in no slice (empty rows), ALiBi from
+    each slice's diagonal and sinks; the plan reused with a key-side mask. Both engines."""
+    monkeypatch.setenv("CFLASH_CUDA_KERNEL", engine)
+    c = RANGE_CASE
+    dtype, Hq, Hk, Tq, Tk = "bfloat16", 4, 2, c["Tq"], c["Tk"]
+    q, k, v = randn(rng, (Tq, Hq, D), dtype), randn(rng, (Tk, Hk, D), dtype), randn(rng, (Tk, Hk, D), dtype)
+    plan = cflash.RangePlan(c["q_ranges"], c["k_ranges"], Tq, Tk, attn_type_map=c["types"])
+    slopes = (rng.random(Hq) * 0.1).astype(np.float32)
+    sinks = rng.standard_normal(Hq).astype(np.float32)
+    tq, tk, tv = cuda(torch, q, dtype), cuda(torch, k, dtype), cuda(torch, v, dtype)
+    out, lse = cflash.attn_range(tq, tk, tv, plan, alibi_slopes=torch.from_numpy(slopes).cuda(),
+                                 sinks=torch.from_numpy(sinks).cuda(), return_lse=True)
+    check(back(out), back(lse), lambda rnd: reference.range_plan(q, k, v, c["q_ranges"], c["k_ranges"], c["types"],
+                                                                 alibi=slopes, sinks=sinks, rnd=rnd), dtype)
+    mask = rng.random((Tk, Hk)) < 0.6
+    out, lse = cflash.attn_range(tq, tk, tv, plan, mask=torch.from_numpy(mask).cuda(), return_lse=True)
+    check(back(out), back(lse), lambda rnd: reference.range_plan(q, k, v, c["q_ranges"], c["k_ranges"], c["types"],
+                                                                 mask=reference.head_variants(mask.T[:, None, :], Hq),
+                                                                 rnd=rnd), dtype)
+
+
 def test_unsupported_on_gpu_raise(torch, rng):
     q = torch.randn(1, 16, 2, 64, device="cuda", dtype=torch.float16)
     with pytest.raises(NotImplementedError, match="float16 or bfloat16"):
@@ -132,9 +163,6 @@ def test_unsupported_on_gpu_raise(torch, rng):
         cflash.attn_dense(q, q.cpu(), q)
     with pytest.raises(ValueError, match="must be on q's device"):
         cflash.attn_dense(q, q, q, mask=torch.ones(1, 1, 1, 16, dtype=torch.bool))
-    with pytest.raises(NotImplementedError, match="not served by the CUDA backend"):
-        plan = cflash.RangePlan([[0, 16]], [[0, 16]], 16, 16)
-        cflash.attn_range(q[0], q[0], q[0], plan)
 
 
 def test_host_metadata_and_side_stream(torch, rng):

@@ -30,7 +30,14 @@ struct cuda_scoresrc {
     int32_t q_local, k_local;
 };
 
-/* One forward attention call on the GPU (dense: cu_q == NULL; packed: cu_q, cu_k device int32). */
+/* One slice of a range plan on the device (the layout of struct attn_slice, internal.h): rows
+ * [q0, q1) see keys [k0, k1) with dlo <= col - row <= dhi; ALiBi distance |col - row - alibi_diag|. */
+struct cuda_slice {
+    int64_t q0, q1, k0, k1, dlo, dhi, alibi_diag;
+};
+
+/* One forward attention call on the GPU (dense: cu_q == NULL; packed: cu_q, cu_k device int32;
+ * range plan: slices != NULL, B = 1, q / k / v packed over the plan's global axes). */
 struct cuda_fwd {
     const void *q, *k, *v; /* v == k for V := K (or a prefix of K's head dim) */
     void *out;
@@ -54,7 +61,21 @@ struct cuda_fwd {
     int64_t max_seqlen_k;  /* packed: the hint the mask / bias shapes were checked against */
     int32_t device_id;     /* the tensors' GPU: the launch runs there (and restores the caller's) */
     void *stream;          /* cudaStream_t; NULL = the legacy default stream */
+    /* range plans: the device copy of the plan (cuda_plan_upload); 128-row block t of q has
+     * slices [tile_slices[t], tile_slices[t + 1]) */
+    const struct cuda_slice *slices;
+    const int32_t *tile_slices;
 };
+
+/* Query rows per block of the prefill kernels (every engine and head dim): a range plan's
+ * segments are blocks of this many rows (RANGE_BLOCK_ROWS, internal.h). */
+#define CUDA_FWD_BLOCK_ROWS 128
+
+/* A range plan's device copy (fwd_mma.cu): `bytes` of host data (slices, then the int32 tile
+ * list) copied once to `device` (a synchronous copy: this is the plan's one-time upload, not
+ * the call's hot path). *dev receives the allocation; cuda_plan_free gives it back. */
+enum cflash_status cuda_plan_upload(int32_t device, const void *host, size_t bytes, void **dev);
+void cuda_plan_free(int32_t device, void *dev);
 
 /* Which kernel serves `f` (select.c; the same answer decides UNSUPPORTED). Returns OK and sets
  * *config, or UNSUPPORTED with a message naming the reason. */

@@ -20,6 +20,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -97,6 +98,12 @@ template <> struct fwd_tile<256, true> { static constexpr int MT = 1, NW = 8, BN
 /* Q, then two K tiles and two V tiles (block nb + 1 is copied while block nb is computed):
  * mma.sync D=64 48 KB, D=128 96 KB (two blocks per SM), D=256 192 KB (one block of 8 warps);
  * wgmma D=64 80 KB, D=128 160 KB, D=256 192 KB, plus 1 KB to align the tiles to the swizzle atom. */
+static_assert(16 * fwd_tile<64, false>::MT * fwd_tile<64, false>::NW == CUDA_FWD_BLOCK_ROWS &&
+              16 * fwd_tile<128, false>::MT * fwd_tile<128, false>::NW == CUDA_FWD_BLOCK_ROWS &&
+              16 * fwd_tile<256, false>::MT * fwd_tile<256, false>::NW == CUDA_FWD_BLOCK_ROWS &&
+              16 * fwd_tile<64, true>::NW == CUDA_FWD_BLOCK_ROWS && 16 * fwd_tile<128, true>::NW == CUDA_FWD_BLOCK_ROWS &&
+              16 * fwd_tile<256, true>::NW == CUDA_FWD_BLOCK_ROWS, "a range plan's row blocks are the kernels' query blocks");
+
 template <int DP, bool WG>
 constexpr int fwd_smem_bytes() {
     return (16 * fwd_tile<DP, WG>::MT * fwd_tile<DP, WG>::NW + 4 * fwd_tile<DP, WG>::BN) * DP * 2 + (WG ? 1024 : 0);
@@ -150,25 +157,73 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     const T *Kg = (const T *)f.k + (int64_t)b * f.k_sb + korg * f.k_st + (int64_t)g * f.k_sh;
     const T *Vg = (const T *)f.v + (int64_t)b * f.v_sb + korg * f.v_st + (int64_t)g * f.v_sh;
 
-    /* visible keys of local row i: [lo(i), hi(i)] around the diagonal c = i + off. 32-bit from
-     * here on (select.c caps the token counts at 2^31 - 1; window sides are clamped to Lq + Lk,
-     * beyond which they cut nothing): every live register counts at 255 per thread. */
+    /* The visibility rule in force (32-bit from here on: select.c caps the token counts at
+     * 2^31 - 1, and every live register counts at 255 per thread): rows [vq0, vq1) see keys
+     * [vk0, vk1) with dlo <= j - i <= dhi, ALiBi's distance is |j - i - adiag|. A sequence is
+     * one rule in its own coordinates; a range plan's slices are rules in the global ones,
+     * applied one after another to the same online softmax (one softmax over their union).
+     * Derived for this block's rows: the key blocks [nb_lo, nb_hi] some row sees, the keys
+     * [klo, khi] they span, and [full_lo, full_hi], the keys every row sees (no per-score test). */
     const int lq = (int)Lq, lk = (int)Lk;
-    const int64_t off = f.top_left ? 0 : (int64_t)lk - lq, cap = (int64_t)lq + lk;
-    const int64_t right = f.causal ? 0 : (f.window_right > cap ? cap : f.window_right);
-    const int64_t left = f.window_left > cap ? cap : f.window_left;
-    auto lo_of = [=](int i) -> int { /* 64-bit: i + off +- a window side can pass 2^31 */
-        const int64_t lo = left >= 0 ? i + off - left : 0;
-        return (int)(lo < 0 ? 0 : lo > lk ? lk : lo);
+    const int64_t cap = (int64_t)lq + lk + 1; /* a band side beyond this cuts nothing */
+    struct rule {
+        int vq0, vq1, vk0, vk1, adiag;
+        int64_t dlo, dhi;
+        int klo, khi, nb_lo, nb_hi, full_lo, full_hi;
     };
-    auto hi_of = [=](int i) -> int {
-        const int64_t hi = right >= 0 ? i + off + right : (int64_t)lk - 1;
-        return (int)(hi > lk - 1 ? lk - 1 : hi < -1 ? -1 : hi);
+    auto lo_of = [&](const rule &R, int i) -> int { /* 64-bit: i + dlo can pass 2^31 */
+        if (i < R.vq0 || i >= R.vq1) return lk;
+        const int64_t lo = (int64_t)i + R.dlo;
+        return (int)(lo < R.vk0 ? R.vk0 : lo > lk ? lk : lo);
     };
-    const int klo = lo_of(row0), khi = hi_of(row0 + rows - 1);
-    const int nb_lo = klo / BN, nb_hi = khi >= 0 ? khi / BN : -1;
-    /* a key block needs no per-element test when every row sees all of it */
-    const int full_lo = lo_of(row0 + rows - 1), full_hi = hi_of(row0);
+    auto hi_of = [&](const rule &R, int i) -> int {
+        if (i < R.vq0 || i >= R.vq1) return -1;
+        const int64_t hi = (int64_t)i + R.dhi;
+        return (int)(hi > R.vk1 - 1 ? R.vk1 - 1 : hi < -1 ? -1 : hi);
+    };
+    /* this block's rules: the plan's slices for its 128 rows, or the sequence's one */
+    const int s_begin = f.slices ? f.tile_slices[mblock] : 0, s_end = f.slices ? f.tile_slices[mblock + 1] : 1;
+    auto make_rule = [&](int si) -> rule {
+        rule R;
+        if (f.slices) {
+            const struct cuda_slice sl = f.slices[si];
+            R.vq0 = (int)sl.q0; R.vq1 = (int)sl.q1; R.vk0 = (int)sl.k0; R.vk1 = (int)sl.k1;
+            R.dlo = sl.dlo < -cap ? -cap : sl.dlo;
+            R.dhi = sl.dhi > cap ? cap : sl.dhi;
+            R.adiag = (int)(sl.alibi_diag < -cap ? -cap : sl.alibi_diag > cap ? cap : sl.alibi_diag);
+        } else {
+            const int64_t off = f.top_left ? 0 : (int64_t)lk - lq;
+            const int64_t right = f.causal ? 0 : f.window_right, left = f.window_left;
+            R.vq0 = 0; R.vq1 = lq; R.vk0 = 0; R.vk1 = lk;
+            R.dlo = left >= 0 ? off - (left > cap ? cap : left) : -cap;
+            R.dhi = right >= 0 ? off + (right > cap ? cap : right) : cap;
+            R.adiag = lk - lq;
+        }
+        const int r0 = row0 > R.vq0 ? row0 : R.vq0, r1 = row0 + rows - 1 < R.vq1 - 1 ? row0 + rows - 1 : R.vq1 - 1;
+        R.klo = lk; R.khi = -1; R.nb_lo = 0; R.nb_hi = -1; R.full_lo = INT_MAX; R.full_hi = INT_MIN;
+        if (r0 <= r1) {
+            R.klo = lo_of(R, r0);
+            R.khi = hi_of(R, r1);
+            if (R.klo <= R.khi) { R.nb_lo = R.klo / BN; R.nb_hi = R.khi / BN; }
+            if (r0 == row0 && r1 == row0 + rows - 1) { R.full_lo = lo_of(R, r1); R.full_hi = hi_of(R, r0); }
+        }
+        return R;
+    };
+    /* the first rule at or after si with a key block; s_end when none */
+    auto first_from = [&](int si, rule &R) -> int {
+        for (; si < s_end; si++) {
+            R = make_rule(si);
+            if (R.nb_lo <= R.nb_hi) break;
+        }
+        return si;
+    };
+    /* the block after (si, nb) under rule R: (*nsi, *nnb) */
+    auto next_block = [&](int si, const rule &R, int nb, int *nsi, int *nnb) {
+        if (nb < R.nb_hi) { *nsi = si; *nnb = nb + 1; return; }
+        rule nx;
+        *nsi = first_from(si + 1, nx);
+        *nnb = nx.nb_lo;
+    };
     const float slope2 = f.alibi ? f.alibi[(int64_t)b * f.alibi_sb + (int64_t)h * f.alibi_sh] * LOG2E_F : 0.0f;
     const float scale2 = f.scale * LOG2E_F;
     const bool score_mods = f.softcap > 0.0f || f.alibi || f.bias.data;
@@ -182,7 +237,6 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     const float sc = score_mods || scale2 <= 0.0f ? 1.0f : scale2; /* scale left for exp2 */
     const float softcap2 = f.softcap * LOG2E_F, cap_in = f.softcap > 0.0f ? f.scale / f.softcap : 0.0f;
     const int row_base = row0 + warp * 16 * MT + lane / 4;       /* this thread's first row */
-    const int diag = lk - lq;                                      /* ALiBi's diagonal offset */
     const int dq = f.D / 8, dv = f.Dv / 8;
 
     float o[MT][DT][4];
@@ -195,6 +249,9 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         l[mt][0] = l[mt][1] = 0.0f;
     }
 
+    rule rl; /* the rule of the block computed: (si, nb); step counts the blocks so far */
+    int si = first_from(s_begin, rl), nb = rl.nb_lo, step = 0;
+
     /* The steps of one key block both engines share, on S = Q K^T of keys [cs, cs + SUB):
      * the score rules (in base 2), the online softmax (S becomes P, m and l move, corr is the
      * factor O must be rescaled by), and the rescale of O. */
@@ -206,7 +263,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             /* ALiBi's distance j - i - diag as this thread's base for the block plus compile-time
              * offsets, in float (an int -> float conversion per score runs at a quarter of the FMA
              * rate); exact while distances stay below 2^24 */
-            const float abase = (float)((int64_t)cs + 2 * (lane % 4) - row_base - diag);
+            const float abase = (float)((int64_t)cs + 2 * (lane % 4) - row_base - rl.adiag);
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -284,7 +341,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                 if (f.mask.data) pass((uint8_t)0, f.mask.data, mask_base, f.mask.sq, f.mask.sk, true);
             }
         }
-        if (!(cs >= full_lo && cs + SUB - 1 <= full_hi)) { /* some row does not see all of it */
+        if (!(cs >= rl.full_lo && cs + SUB - 1 <= rl.full_hi)) { /* some row does not see all of it */
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -293,7 +350,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                     for (int e = 0; e < 4; e++) {
                         const int i = row_base + mt * 16 + (e / 2) * 8;
                         const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
-                        if (j < lo_of(i) || j > hi_of(i)) s[mt][nt][e] = -INFINITY;
+                        if (j < lo_of(rl, i) || j > hi_of(rl, i)) s[mt][nt][e] = -INFINITY;
                     }
         }
     };
@@ -356,17 +413,19 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                 wg_rs<DP, T>(oacc, pa[kc], wgmma_desc(sVb + (uint32_t)(kc * 16) * 128u, (uint32_t)BN * 128u, 1024));
         };
         load_tile<T, DP, BM, THREADS, WG>(sQ, Qg, f.q_st, rows, dq, (const T *)f.q);
-        if (nb_lo <= nb_hi)
-            load_tile<T, DP, BN, THREADS, WG>(sK, Kg + (int64_t)nb_lo * BN * f.k_st, f.k_st, lk - nb_lo * BN, dq, (const T *)f.k);
+        if (si < s_end)
+            load_tile<T, DP, BN, THREADS, WG>(sK, Kg + (int64_t)nb * BN * f.k_st, f.k_st, lk - nb * BN, dq, (const T *)f.k);
         cp_async_commit();
-        for (int nb = nb_lo; nb <= nb_hi; nb++) {
+        for (; si < s_end; step++) {
             const int c0 = nb * BN;
-            const uint32_t cur = ((nb - nb_lo) & 1) * TILE, prev = TILE - cur;
+            const uint32_t cur = (step & 1) * TILE, prev = TILE - cur;
+            int nsi, nnb;
+            next_block(si, rl, nb, &nsi, &nnb);
             cp_async_wait_all();
             fence_proxy_async(); /* the copies are read by the tensor cores' proxy */
-            __syncthreads();     /* K_nb and V_{nb-1} landed; every warpgroup is done with K_{nb-1} and V_{nb-2} */
-            if (nb < nb_hi)
-                load_tile<T, DP, BN, THREADS, WG>(sK + prev, Kg + (int64_t)(c0 + BN) * f.k_st, f.k_st, lk - c0 - BN, dq, (const T *)f.k);
+            __syncthreads();     /* K of this block and V of the last landed; every warpgroup is done with the buffers refilled now */
+            if (nsi < s_end)
+                load_tile<T, DP, BN, THREADS, WG>(sK + prev, Kg + (int64_t)nnb * BN * f.k_st, f.k_st, lk - nnb * BN, dq, (const T *)f.k);
             load_tile<T, DP, BN, THREADS, WG>(sV + cur, Vg + (int64_t)c0 * f.v_st, f.v_st, lk - c0, dv, (const T *)f.v);
             cp_async_commit();
 
@@ -382,12 +441,12 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             for (int kc = 0; kc < DP / 16; kc++) { /* the warpgroup's 64 rows x 128 keys, 16 columns of D per step */
                 if (kc * 2 >= dq) break;
                 /* 16 columns = 32 bytes into 64-column panel kc / 4; 8-row atoms 1024 bytes apart */
-                const uint32_t step = (uint32_t)(kc % 4) * 32u, panel = (uint32_t)(kc / 4) * 128u;
-                wg_ss<SUB, T>(sacc, wgmma_desc(qrow + panel * BM + step, 16, 1024),
-                              wgmma_desc(sK + cur + panel * BN + step, 16, 1024), kc > 0);
+                const uint32_t kstep = (uint32_t)(kc % 4) * 32u, panel = (uint32_t)(kc / 4) * 128u;
+                wg_ss<SUB, T>(sacc, wgmma_desc(qrow + panel * BM + kstep, 16, 1024),
+                              wgmma_desc(sK + cur + panel * BN + kstep, 16, 1024), kc > 0);
             }
             wgmma_commit();
-            if (nb > nb_lo) issue_pv(sV + prev);
+            if (step > 0) issue_pv(sV + prev);
             wgmma_commit();  /* (empty in the first iteration: the waits below need not branch) */
             wgmma_wait<1>(); /* S_nb done; P V may still run */
             wgmma_fence_regs(sacc);
@@ -404,13 +463,16 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                 pa[kc][2] = pack2(s[0][2 * kc + 1][0], s[0][2 * kc + 1][1], T());
                 pa[kc][3] = pack2(s[0][2 * kc + 1][2], s[0][2 * kc + 1][3], T());
             }
+            if (nsi != si && nsi < s_end) rl = make_rule(nsi);
+            si = nsi;
+            nb = nnb;
         }
-        cp_async_wait_all(); /* V_{nb_hi} (or, with no key block, Q: copies must not outlive the block) */
-        if (nb_lo <= nb_hi) {
+        cp_async_wait_all(); /* V of the last block (or, with no key block, Q: copies must not outlive the block) */
+        if (step > 0) {
             fence_proxy_async();
             __syncthreads();
             wgmma_fence();
-            issue_pv(sV + ((nb_hi - nb_lo) & 1) * TILE);
+            issue_pv(sV + ((step - 1) & 1) * TILE);
             wgmma_commit();
             wgmma_wait<0>();
             wgmma_fence_regs(oacc);
@@ -420,21 +482,23 @@ fwd_mma_kernel(const struct cuda_fwd f) {
          * computed (two buffers each, one barrier per block). Each block is computed in sub-blocks
          * of SUB keys: S = Q K^T, the score rules, the online softmax, O += P V. */
         load_tile<T, DP, BM, THREADS, WG>(sQ, Qg, f.q_st, rows, dq, (const T *)f.q);
-        if (nb_lo <= nb_hi) {
-            const int c0 = nb_lo * BN;
+        if (si < s_end) {
+            const int c0 = nb * BN;
             load_tile<T, DP, BN, THREADS, WG>(sK, Kg + (int64_t)c0 * f.k_st, f.k_st, lk - c0, dq, (const T *)f.k);
             load_tile<T, DP, BN, THREADS, WG>(sV, Vg + (int64_t)c0 * f.v_st, f.v_st, lk - c0, dv, (const T *)f.v);
         }
         cp_async_commit();
 
-        for (int nb = nb_lo; nb <= nb_hi; nb++) {
+        for (; si < s_end; step++) {
             const int c0 = nb * BN;
-            const uint32_t cur = ((nb - nb_lo) & 1) * TILE, next = TILE - cur;
+            const uint32_t cur = (step & 1) * TILE, next = TILE - cur;
             const uint32_t sKb = sK + cur, sVb = sV + cur;
+            int nsi, nnb;
+            next_block(si, rl, nb, &nsi, &nnb);
             cp_async_wait_all();
-            __syncthreads(); /* block nb landed; every warp finished block nb - 1, whose buffers are refilled now */
-            if (nb < nb_hi) {
-                const int c1 = c0 + BN;
+            __syncthreads(); /* this block landed; every warp finished the last one, whose buffers are refilled now */
+            if (nsi < s_end) {
+                const int c1 = nnb * BN;
                 load_tile<T, DP, BN, THREADS, WG>(sK + next, Kg + (int64_t)c1 * f.k_st, f.k_st, lk - c1, dq, (const T *)f.k);
                 load_tile<T, DP, BN, THREADS, WG>(sV + next, Vg + (int64_t)c1 * f.v_st, f.v_st, lk - c1, dv, (const T *)f.v);
             }
@@ -443,7 +507,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
 #pragma unroll
             for (int sb = 0; sb < BN / SUB; sb++) {
                 const int cs = c0 + sb * SUB;
-                if (cs > khi || cs + SUB - 1 < klo) continue; /* no row of this block sees these keys */
+                if (cs > rl.khi || cs + SUB - 1 < rl.klo) continue; /* no row of this block sees these keys */
                 /* S = Q K^T */
                 float s[MT][NT][4];
 #pragma unroll
@@ -508,6 +572,9 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                     }
                 }
             }
+            if (nsi != si && nsi < s_end) rl = make_rule(nsi);
+            si = nsi;
+            nb = nnb;
         }
         cp_async_wait_all(); /* no key block (Lk = 0, all masked): Q's copies must not outlive the block */
     }
@@ -578,6 +645,33 @@ static enum cflash_status launch(const struct cuda_fwd *f) {
 #else
 #define HAVE_SM90A 0
 #endif
+
+extern "C" enum cflash_status cuda_plan_upload(int32_t device, const void *host, size_t bytes, void **dev) {
+    int prev;
+    enum cflash_status st = cuda_device_enter("plan", device, &prev);
+    if (st) return st;
+    void *p = NULL;
+    cudaError_t err = cudaMalloc(&p, bytes ? bytes : 1);
+    if (err == cudaErrorMemoryAllocation) {
+        cuda_device_leave(device, prev);
+        return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "plan: out of GPU memory for the plan's %zu bytes", bytes);
+    }
+    if (err == cudaSuccess && bytes) err = cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice);
+    cuda_device_leave(device, prev);
+    if (err != cudaSuccess) {
+        if (p) (void)cudaFree(p);
+        return cflash_set_error(CFLASH_STATUS_DEVICE_ERROR, "plan: copying the plan to CUDA device %d failed: %s", (int)device, cudaGetErrorString(err));
+    }
+    *dev = p;
+    return CFLASH_STATUS_OK;
+}
+
+extern "C" void cuda_plan_free(int32_t device, void *dev) {
+    int prev;
+    if (!dev || cuda_device_enter("plan", device, &prev)) return;
+    (void)cudaFree(dev);
+    cuda_device_leave(device, prev);
+}
 
 extern "C" enum cflash_status cuda_device_enter(const char *name, int32_t device, int *prev) {
     cudaError_t err = cudaGetDevice(prev);
