@@ -122,7 +122,10 @@ static __device__ __forceinline__ void wg_rs(float (&d)[N / 2], const uint32_t a
     else wgmma_rs_m64n256k16_tb(d, a, db, T());
 }
 
-template <typename T, int DP, bool WG>
+/* GENERAL: masks, biases and range plans (f.slices: a plan's slices instead of one rule per
+ * sequence) are compiled in; without them (a template argument) plain dense and packed calls
+ * keep the registers the mask reads and the slice walk would take */
+template <typename T, int DP, bool WG, bool GENERAL>
 __global__ void __launch_bounds__(fwd_tile<DP, WG>::NW * 32, fwd_tile<DP, WG>::MINB)
 fwd_mma_kernel(const struct cuda_fwd f) {
     constexpr int MT = fwd_tile<DP, WG>::MT, NW = fwd_tile<DP, WG>::NW, BN = fwd_tile<DP, WG>::BN, SUB = fwd_tile<DP, WG>::SUB;
@@ -182,10 +185,11 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         return (int)(hi > R.vk1 - 1 ? R.vk1 - 1 : hi < -1 ? -1 : hi);
     };
     /* this block's rules: the plan's slices for its 128 rows, or the sequence's one */
-    const int s_begin = f.slices ? f.tile_slices[mblock] : 0, s_end = f.slices ? f.tile_slices[mblock + 1] : 1;
+    const bool range = GENERAL && f.slices;
+    const int s_begin = range ? f.tile_slices[mblock] : 0, s_end = range ? f.tile_slices[mblock + 1] : 1;
     auto make_rule = [&](int si) -> rule {
         rule R;
-        if (f.slices) {
+        if (range) {
             const struct cuda_slice sl = f.slices[si];
             R.vq0 = (int)sl.q0; R.vq1 = (int)sl.q1; R.vk0 = (int)sl.k0; R.vk1 = (int)sl.k1;
             R.dlo = sl.dlo < -cap ? -cap : sl.dlo;
@@ -226,9 +230,9 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     };
     const float slope2 = f.alibi ? f.alibi[(int64_t)b * f.alibi_sb + (int64_t)h * f.alibi_sh] * LOG2E_F : 0.0f;
     const float scale2 = f.scale * LOG2E_F;
-    const bool score_mods = f.softcap > 0.0f || f.alibi || f.bias.data;
+    const bool score_mods = f.softcap > 0.0f || f.alibi || (GENERAL && f.bias.data);
     /* masks and biases (SPEC section 5): this block's origin in each source */
-    const bool mask_or_bias = f.mask.data || f.bias.data;
+    const bool mask_or_bias = GENERAL && (f.mask.data || f.bias.data);
     const int64_t hint_q = f.cu_q ? f.max_seqlen_q : f.Lq, hint_k = f.cu_q ? f.max_seqlen_k : f.Lk;
     const int64_t mask_base = (int64_t)b * f.mask.sb + (int64_t)(h / (f.mask.hdiv > 0 ? f.mask.hdiv : 1)) * f.mask.sh +
                               (f.mask.q_local ? 0 : qorg) * f.mask.sq + (f.mask.k_local ? 0 : korg) * f.mask.sk;
@@ -283,7 +287,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
 #pragma unroll
                     for (int e = 0; e < 4; e++) s[mt][nt][e] *= scale2;
         } /* else the scale is applied inside exp2 (one FFMA per score) */
-        if (mask_or_bias) {
+        if constexpr (GENERAL) if (mask_or_bias) {
             /* Masks and biases from global memory (L1 / L2 resident). All reads of a block are
              * issued before the first use: indices are clamped into the sequence and its hints
              * (a packed sequence longer than its hint, i.e. bad device metadata, must not read
@@ -622,21 +626,27 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         }
 }
 
-template <typename T, int DP, bool WG>
-static enum cflash_status launch(const struct cuda_fwd *f) {
+template <typename T, int DP, bool WG, bool GENERAL>
+static enum cflash_status launch1(const struct cuda_fwd *f) {
     constexpr int BM = 16 * fwd_tile<DP, WG>::MT * fwd_tile<DP, WG>::NW;
     constexpr int bytes = fwd_smem_bytes<DP, WG>();
     const int64_t rows = f->cu_q ? f->max_seqlen_q : f->Lq;
     if (rows <= 0 || f->B <= 0) return CFLASH_STATUS_OK;
     const dim3 grid((unsigned)((rows + BM - 1) / BM), (unsigned)f->Hq, (unsigned)f->B);
-    cudaError_t err = cudaFuncSetAttribute(fwd_mma_kernel<T, DP, WG>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    cudaError_t err = cudaFuncSetAttribute(fwd_mma_kernel<T, DP, WG, GENERAL>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err == cudaSuccess) {
-        fwd_mma_kernel<T, DP, WG><<<grid, fwd_tile<DP, WG>::NW * 32, bytes, (cudaStream_t)f->stream>>>(*f);
+        fwd_mma_kernel<T, DP, WG, GENERAL><<<grid, fwd_tile<DP, WG>::NW * 32, bytes, (cudaStream_t)f->stream>>>(*f);
         err = cudaGetLastError();
     }
     if (err != cudaSuccess)
         return cflash_set_error(CFLASH_STATUS_DEVICE_ERROR, "q: CUDA launch of the prefill kernel failed: %s", cudaGetErrorString(err));
     return CFLASH_STATUS_OK;
+}
+
+template <typename T, int DP, bool WG>
+static enum cflash_status launch(const struct cuda_fwd *f) {
+    const bool general = f->slices || f->mask.data || f->bias.data;
+    return general ? launch1<T, DP, WG, true>(f) : launch1<T, DP, WG, false>(f);
 }
 
 /* sm_90a code is in this build (CMake defines CFLASH_CUDA_SM90A when the architectures list 90a) */
