@@ -1,5 +1,6 @@
 """MagiAttention and LocateAnything range attention over cflash's range plans (SPEC.md sections 4
-and 9): the same names, arguments and defaults, computed by cflash.attn_range on the CPU.
+and 9): the same names, arguments and defaults, computed by cflash.attn_range on the tensors' device
+(CPU, or the CUDA backend for CUDA tensors).
 
     from cflash.magi import flex_flash_attn_func              # magi_attention.functional
     out, lse = flex_flash_attn_func(q, k, v, q_ranges, k_ranges, attn_type_map)

@@ -151,6 +151,22 @@ def test_range_plan(torch, rng, monkeypatch, engine, D):
                                                                  rnd=rnd), dtype)
 
 
+def test_magi_on_gpu(torch, rng):
+    """MagiAttention's call shape on CUDA tensors (ranges given as CUDA int32 tensors, read to the
+    host once per distinct plan): out [Tq, Hq, D] and lse [Tq, Hq] on the GPU."""
+    from cflash.magi import flex_flash_attn_func
+    c = RANGE_CASE
+    dtype, Hq, Hk, D, Tq, Tk = "float16", 4, 2, 128, c["Tq"], c["Tk"]
+    codes = [{"full": 0, "causal": 1, "inv_causal": 2, "band": 3}[t] for t in c["types"]]
+    q, k, v = randn(rng, (Tq, Hq, D), dtype), randn(rng, (Tk, Hk, D), dtype), randn(rng, (Tk, Hk, D), dtype)
+    ints = lambda x: torch.tensor(x, dtype=torch.int32, device="cuda")
+    out, lse = flex_flash_attn_func(cuda(torch, q, dtype), cuda(torch, k, dtype), cuda(torch, v, dtype),
+                                    ints(c["q_ranges"]), ints(c["k_ranges"]), ints(codes))
+    assert out.is_cuda and lse.is_cuda and tuple(lse.shape) == (Tq, Hq)
+    check(back(out), back(lse).T, lambda rnd: reference.range_plan(q, k, v, c["q_ranges"], c["k_ranges"], codes, rnd=rnd),
+          dtype)
+
+
 def test_unsupported_on_gpu_raise(torch, rng):
     q = torch.randn(1, 16, 2, 64, device="cuda", dtype=torch.float16)
     with pytest.raises(NotImplementedError, match="float16 or bfloat16"):
