@@ -87,6 +87,14 @@ if [ "$PYEXT" = ON ]; then
         echo "$out" | grep -E "FAILED|Error" | head -20
         note "pytest (GPU machine)" "$(echo "$out" | tail -1) rc=$rc"
         [ $rc = 0 ] || status=1
+        if [ "$QUICK" = 0 ] && command -v compute-sanitizer > /dev/null; then
+            # range plans, MagiAttention's call shape and key-side masks (Python-only GPU cases)
+            out=$(PYTHONPATH=python compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q \
+                  -p no:cacheprovider python/tests/test_gpu.py -k "range or magi or key_side" 2>&1)
+            rc=$?
+            note "sanitizer memcheck (pytest)" "$(echo "$out" | grep -E 'ERROR SUMMARY' | tail -1) rc=$rc"
+            [ $rc = 0 ] || status=1
+        fi
     fi
 else
     note "pytest (GPU machine)" "skipped: no Python headers for the extension"
