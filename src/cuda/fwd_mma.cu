@@ -1,14 +1,19 @@
 /*
- * fwd_mma.cu - the prefill kernel family on tensor cores (mma.sync m16n8k16, sm_80 and later):
- * FlashAttention-2's schedule. One thread block owns BM query rows of one (sequence, head);
- * each warp owns 16 * MT of them. Per key block of BN keys: S = Q K^T on tensor cores (Q and K
- * read from shared memory with ldmatrix), the score rules and the online softmax in registers,
- * then O += P V with P reused from the S accumulators as A fragments (no shared-memory round
- * trip) and V read with ldmatrix.trans. K and V tiles are loaded with cp.async so that V's copy
- * overlaps Q K^T and the next K's copy overlaps P V.
+ * fwd_mma.cu - the prefill kernel family on tensor cores, one kernel template with two engines:
+ *   mma.sync m16n8k16 (sm_80 and later): FlashAttention-2's schedule. One thread block owns BM
+ *     query rows of one (sequence, head); each warp owns 16 * MT of them. Per key block of BN
+ *     keys: S = Q K^T (Q and K read from shared memory with ldmatrix), the score rules and the
+ *     online softmax in registers, then O += P V with P reused from the S accumulators as A
+ *     fragments and V read with ldmatrix.trans; cp.async copies overlap V's copy with Q K^T and
+ *     the next K's copy with P V.
+ *   wgmma (sm_90a, compute capability 9.0): two warpgroups of 64 rows, S and O as wgmma
+ *     accumulators, P from registers, FlashAttention-3's intra-warpgroup pipelining (S_n and
+ *     P_{n-1} V_{n-1} in flight together). Tiles in the tensor cores' 128-byte swizzle.
+ * Both walk the same visibility rules: one per dense / packed sequence, or a range plan's
+ * slices (GENERAL kernels, with masks and biases). docs/kernels.md has the tables and reasons.
  *
- * What it is not: the decode kernel (one query row per sequence wastes 15 of 16 mma rows) or a
- * Hopper wgmma/TMA kernel; both are later files.
+ * What it is not: the decode kernel (decode.cu: one query row per sequence wastes 15 of 16 mma
+ * rows), nor FA3's producer warp with TMA and ping-pong warpgroups (not yet).
  *
  * Numerics: fp16/bf16 inputs, fp32 accumulation, softmax in base 2 (scores pre-multiplied by
  * scale * log2(e)); P is rounded to the input type before P V, as in FlashAttention.
