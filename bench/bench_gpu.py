@@ -16,17 +16,16 @@ table on stdout.
 """
 
 import argparse
-import datetime
 import glob
-import json
 import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_results import write_results  # noqa: E402
 
 
 def load_cflash(build):
@@ -74,7 +73,6 @@ def reference_slice(q, k, v, causal, window, softcap, alibi, scale, rows):
     """fp32 reference of batch 0, head 0, query rows `rows` (q, k, v in [B, L, H, D])."""
     import torch
     qs = q[0, rows, 0].float()
-    Hq, Hk = q.shape[2], k.shape[2]
     ks, vs = k[0, :, 0].float(), v[0, :, 0].float()
     s = (qs @ ks.T) * scale
     if softcap:
@@ -346,14 +344,7 @@ def main():
                 r["peer_value"] = round(base, 1)
                 r["ratio"] = round(r["ours"] / base, 3)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    result = {"device": torch.cuda.get_device_name(), "commit": commit or "unknown",
-              "date": datetime.date.today().isoformat(), "torch": torch.__version__, "records": records}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    if os.environ.get("OUT") and os.path.dirname(os.path.abspath(args.out)) != os.path.abspath(os.environ["OUT"]):
-        shutil.copy(args.out, os.path.join(os.environ["OUT"], os.path.basename(args.out)))
+    write_results(args.out, records, torch)
 
     print(f"\n{'case':<62} {'ours':>7} {'mma':>7} {'cuDNN':>7} {'FA2':>7} {'flex':>7} {'/FA2':>6} ok  err")
     for name, tf, cu, fa, ok, err, tol, tf_mma, fx in rows_out:

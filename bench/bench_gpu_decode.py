@@ -24,19 +24,16 @@ Results: bench/results/gpu_decode.json (PERF.md section 5), and a table on stdou
 """
 
 import argparse
-import datetime
-import json
 import math
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 
 os.environ.setdefault("CFLASH_SHIM", "off")  # a real flash_attn or none, never cflash's drop-in
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_gpu import load_cflash  # noqa: E402
+from gpu_results import write_results  # noqa: E402
 
 GRID = [(32, 8, 1, 32768), (32, 8, 1, 131072), (32, 8, 8, 8192), (32, 8, 32, 4096), (64, 8, 4, 16384),
         (32, 32, 16, 32000)]
@@ -259,14 +256,7 @@ def main():
             del ks, vs, q, out, refs
             torch.cuda.empty_cache()
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    result = {"device": torch.cuda.get_device_name(), "commit": commit or "unknown",
-              "date": datetime.date.today().isoformat(), "torch": torch.__version__, "records": records}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    if os.environ.get("OUT"):
-        shutil.copy(args.out, os.path.join(os.environ["OUT"], os.path.basename(args.out)))
+    write_results(args.out, records, torch)
 
     pcols = [f"p{p}" for p in pages]
     print(f"\n{'case (GB/s)':<52} {'KV MB':>7} {'ours':>6} {'cuDNN':>6} {'FA2':>6} {'fa-kv':>6} {'/cuDNN':>6} "
