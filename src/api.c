@@ -713,8 +713,8 @@ static enum cflash_status cuda_kvcache_route(const struct cflash_tensor *q, cons
     if (p->kernel != CFLASH_KERNEL_AUTO)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: %s is a CPU kernel; CUDA tensors take CFLASH_KERNEL_AUTO", cflash_kernel_name(p->kernel));
     if (Hq > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 heads, got %lld", (long long)Hq);
-    if (q->shape[1] > CUDA_DECODE_MAX_LQ) /* before any 32-bit narrowing of Lq */
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: KV-cache calls on CUDA tensors take Lq <= %d query rows per sequence (decode, speculative decode), got %lld; longer queries over a cache are not served by the CUDA backend yet", CUDA_DECODE_MAX_LQ, (long long)q->shape[1]);
+    if (q->shape[1] > INT32_MAX) /* before any 32-bit narrowing of Lq */
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 2^31 - 1 query rows per sequence, got %lld", (long long)q->shape[1]);
     if (q->shape[0] > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 sequences, got %lld", (long long)q->shape[0]);
     const struct cflash_tensor *kc = cache->k_cache, *vc = cache->v_cache ? cache->v_cache : cache->k_cache;
     struct cuda_kvcache f;

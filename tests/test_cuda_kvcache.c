@@ -1,6 +1,6 @@
 /*
- * test_cuda_kvcache.c - the CUDA decode kernel (cflash_attn_kvcache on CUDA tensors, Lq <= 8)
- * and the CUDA merge:
+ * test_cuda_kvcache.c - cflash_attn_kvcache on CUDA tensors: the decode kernel (Lq <= 8) and
+ * chunked prefill over contiguous caches (Lq > 8, the prefill kernel), and the CUDA merge:
  *
  *   cuda/kvcache/...        every host allocation of a KV-cache problem (q, the caches with NaN
  *                           bytes past each sequence, k_new / v_new, cache_seqlens,
@@ -918,6 +918,28 @@ static void register_gkv_cases(void)
         add_gkv(c);
     }
 
+    /* chunked prefill over a cache (Lq > 8: the append, then the prefill kernel), contiguous
+     * caches and cache_batch_idx, new keys as many as the queries or fewer, every score rule,
+     * head dims 64 / 128 / 256 and GQA 1, 4, 8 */
+    static const int cp[8][3] = {{9, 9, 0}, {64, 64, 1}, {130, 130, 0}, {17, 0, 1},
+                                 {33, 5, 0}, {200, 200, 1}, {9, 0, 0}, {64, 16, 1}};
+    for (int i = 0; i < 8; i++)
+        for (int r = 0; r < 3; r++) {
+            c = gbase(dts[(i + r) % 2]);
+            c.Lq = cp[i][0];
+            c.Lnew = cp[i][1];
+            c.bidx = cp[i][2];
+            c.D = c.Dv = dims[(i + r) % 3];
+            c.Hq = (i % 3 == 0) ? 8 : (i % 3 == 1) ? 32 : 16;
+            c.Hk = (i % 3 == 0) ? 8 : (i % 3 == 1) ? 8 : 2;
+            switch (r) {
+            case 0: c.causal = 1; break;
+            case 1: c.causal = 1; c.align = CFLASH_ALIGN_TOP_LEFT; c.alibi = 1 + i % 2; c.softcap = i % 2 ? 0.0f : 20.0f; break;
+            default: c.wl = 40; c.wr = i % 2 ? 3 : 0; c.sinks = 1; c.vmode = i % 2 ? VM_NULL : 0; break;
+            }
+            add_gkv(c);
+        }
+
     /* score rules, on Lq 4 with 3 new keys (paged 16 and contiguous alternating) */
     for (int f = 0; f < 18; f++) {
         c = gbase(dts[f % 2]);
@@ -1241,7 +1263,7 @@ static struct cflash_tensor fake(enum cflash_dtype dt, int ndim, int64_t a, int6
 #endif
 
 enum gmis {
-    GK_ROTARY, GK_LQ9, GK_FP32, GK_D20, GK_D512, GK_MASK, GK_BIAS, GK_FORCED_KERNEL,
+    GK_ROTARY, GK_LQ9, GK_ROTARY_LQ9, GK_FP32, GK_D20, GK_D512, GK_MASK, GK_BIAS, GK_FORCED_KERNEL,
     GK_HOST_SEQLENS, GK_HOST_KCACHE, GK_HOST_VCACHE, GK_HOST_BT, GK_HOST_BIDX, GK_HOST_KNEW,
     GK_HOST_SINKS, GK_LSE_DEVICE1, GK_UNALIGNED_CACHE, GK_UNALIGNED_Q, GK_ODD_OUT, GK_LNEW_CAP,
     GK_LNEW_CAP_PAGED, GK_BIDX_WITH_BT, GK_BIDX_NO_ROWS, GK_HUGE_CAPACITY, GK_SEQLENS_F32,
@@ -1254,7 +1276,8 @@ static const struct {
     const char *names; /* '|'-separated: the message names one of them */
 } gmis_info[N_GMIS] = {
     [GK_ROTARY] = {"rotary_without_k_new", CFLASH_STATUS_INVALID_ARGUMENT, "rotary_cos"},
-    [GK_LQ9] = {"Lq=9", CFLASH_STATUS_UNSUPPORTED, "q"},
+    [GK_LQ9] = {"paged_Lq=9", CFLASH_STATUS_UNSUPPORTED, "block_table"},      /* contiguous Lq > 8: served */
+    [GK_ROTARY_LQ9] = {"rotary_Lq=9", CFLASH_STATUS_UNSUPPORTED, "rotary_cos"},
     [GK_FP32] = {"fp32", CFLASH_STATUS_UNSUPPORTED, "q"},
     [GK_D20] = {"D=20", CFLASH_STATUS_UNSUPPORTED, "q"},
     [GK_D512] = {"D=512", CFLASH_STATUS_UNSUPPORTED, "q"},
@@ -1299,7 +1322,7 @@ static void gmis_case(const void *arg)
         return;
     }
     const enum cflash_dtype h = CFLASH_DTYPE_F16;
-    const int paged = id == GK_HOST_BT || id == GK_LNEW_CAP_PAGED || id == GK_BIDX_WITH_BT ||
+    const int paged = id == GK_HOST_BT || id == GK_LNEW_CAP_PAGED || id == GK_BIDX_WITH_BT || id == GK_LQ9 ||
                       id == GK_HUGE_CAPACITY || id == GK_NO_DEVICE_PAGED;
     struct cflash_tensor q = fake(h, 4, 2, 1, 8, 64), out = q, lse = fake(CFLASH_DTYPE_F32, 3, 2, 8, 1, 0);
     struct cflash_tensor kc = paged ? fake(h, 4, 6, 16, 2, 64) : fake(h, 4, 2, 32, 2, 64), vc = kc;
@@ -1319,6 +1342,10 @@ static void gmis_case(const void *arg)
     switch (id) {
     case GK_ROTARY: cache.rotary_cos = &rc; cache.rotary_sin = &rs; pkn = pvn = NULL; break; /* served, but not without k_new */
     case GK_LQ9: q = fake(h, 4, 2, 9, 8, 64); out = q; lse = fake(CFLASH_DTYPE_F32, 3, 2, 8, 9, 0); break;
+    case GK_ROTARY_LQ9:
+        q = fake(h, 4, 2, 9, 8, 64); out = q; lse = fake(CFLASH_DTYPE_F32, 3, 2, 8, 9, 0);
+        cache.rotary_cos = &rc; cache.rotary_sin = &rs;
+        break;
     case GK_FP32: q.dtype = out.dtype = kc.dtype = vc.dtype = kn.dtype = vn.dtype = CFLASH_DTYPE_F32; break;
     case GK_D20:
         q = fake(h, 4, 2, 1, 8, 20); out = q; kc = fake(h, 4, 2, 32, 2, 20); vc = kc; kn = fake(h, 4, 2, 1, 2, 20); vn = kn;

@@ -151,6 +151,26 @@ def test_range_plan(torch, rng, monkeypatch, engine, D):
                                                                  rnd=rnd), dtype)
 
 
+def test_kvcache_chunked_prefill(torch, rng):
+    """flash_attn_with_kvcache with 48 new queries and keys per sequence (chunked prefill, Lq > 8:
+    the append, then the prefill kernel), cache_batch_idx, causal bottom-right over the whole
+    cache; the appended rows land in the cache."""
+    from cflash.flash_attn import flash_attn_with_kvcache
+    dtype, B, Hq, Hk, D, Lq, L = "bfloat16", 2, 8, 2, 128, 48, 256
+    seq, bidx = [30, 150], [2, 0]
+    q, kc, vc = randn(rng, (B, Lq, Hq, D), dtype), randn(rng, (3, L, Hk, D), dtype), randn(rng, (3, L, Hk, D), dtype)
+    kn, vn = randn(rng, (B, Lq, Hk, D), dtype), randn(rng, (B, Lq, Hk, D), dtype)
+    tkc, tvc = cuda(torch, kc, dtype), cuda(torch, vc, dtype)
+    out, lse = flash_attn_with_kvcache(cuda(torch, q, dtype), tkc, tvc, k=cuda(torch, kn, dtype), v=cuda(torch, vn, dtype),
+                                      cache_seqlens=torch.tensor(seq, dtype=torch.int32, device="cuda"),
+                                      cache_batch_idx=torch.tensor(bidx, dtype=torch.int32, device="cuda"),
+                                      causal=True, return_softmax_lse=True)
+    kw = dict(batch_idx=bidx, causal=True)
+    _, _, k_after, v_after = reference.kvcache(q, kc, vc, seq, kn, vn, **kw)
+    assert np.array_equal(back(tkc), k_after) and np.array_equal(back(tvc), v_after), "the appended rows"
+    check(back(out), back(lse), lambda rnd: reference.kvcache(q, kc, vc, seq, kn, vn, rnd=rnd, **kw)[:2], dtype)
+
+
 def test_magi_on_gpu(torch, rng):
     """MagiAttention's call shape on CUDA tensors (ranges given as CUDA int32 tensors, read to the
     host once per distinct plan): out [Tq, Hq, D] and lse [Tq, Hq] on the GPU."""

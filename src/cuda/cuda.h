@@ -65,6 +65,15 @@ struct cuda_fwd {
      * slices [tile_slices[t], tile_slices[t + 1]) */
     const struct cuda_slice *slices;
     const int32_t *tile_slices;
+    /* KV caches with Lq > CUDA_DECODE_MAX_LQ (decode.cu hands them here): k / v are the caches
+     * ([rows, Lk = cap, H, D]), sequence b sees its first min(seqlens_k[b], Lk - seqlens_add) +
+     * seqlens_add keys (the appended ones included) in cache row kv_batch_idx[b] (or b),
+     * clamped to [0, kv_rows) */
+    const int32_t *seqlens_k;
+    int64_t seqlens_k_s;
+    int32_t seqlens_add;
+    const int32_t *kv_batch_idx;
+    int64_t kv_batch_idx_s, kv_rows;
 };
 
 /* Query rows per block of the prefill kernels (every engine and head dim): a range plan's
@@ -110,7 +119,9 @@ enum cflash_status cuda_fwd_launch(const struct cuda_fwd *f, enum cuda_fwd_confi
 
 /* ---- KV caches: decode and speculative decode (decode.cu) ----
  *
- * One cflash_attn_kvcache call on CUDA tensors with Lq <= CUDA_DECODE_MAX_LQ. Contiguous caches
+ * One cflash_attn_kvcache call on CUDA tensors: Lq <= CUDA_DECODE_MAX_LQ runs the split-KV
+ * decode kernel; longer queries (chunked prefill over a cache) run the prefill kernel after the
+ * append, for contiguous caches without rotary embedding (paged or rotary: UNSUPPORTED). Contiguous caches
  * (block_table == NULL): element (row, t, h, d) of a cache is at row * k_sb + t * k_st + h * k_sh
  * + d with row = cache_batch_idx[b] (or b). Paged caches: row = block_table[b][t / page_size],
  * t % page_size in place of t. The metadata (cache_seqlens, cache_batch_idx, block_table) are

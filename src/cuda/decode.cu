@@ -32,6 +32,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 extern "C" enum cflash_status cflash_set_error(enum cflash_status st, const char *fmt, ...);
 extern "C" const char *api_dtype_name(enum cflash_dtype t);
@@ -686,8 +687,11 @@ enum cflash_status launch_decode(const cuda_kvcache *f) {
 } /* namespace */
 
 extern "C" enum cflash_status cuda_kvcache_select(const struct cuda_kvcache *f, enum cuda_fwd_config *config) {
-    if (f->Lq > CUDA_DECODE_MAX_LQ)
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: KV-cache calls on CUDA tensors take Lq <= %d query rows per sequence (decode, speculative decode), got %d; longer queries over a cache are not served by the CUDA backend yet", CUDA_DECODE_MAX_LQ, (int)f->Lq);
+    const bool prefill = f->Lq > CUDA_DECODE_MAX_LQ; /* the prefill kernel serves longer queries */
+    if (prefill && f->block_table)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "block_table: KV-cache calls on CUDA tensors with Lq > %d (chunked prefill) take contiguous caches; paged caches serve Lq <= %d", CUDA_DECODE_MAX_LQ, CUDA_DECODE_MAX_LQ);
+    if (prefill && f->rot_cos)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "rotary_cos: KV-cache calls on CUDA tensors with Lq > %d (chunked prefill) take no rotary embedding yet; Lq <= %d does", CUDA_DECODE_MAX_LQ, CUDA_DECODE_MAX_LQ);
     const struct cuda_rows rows[3] = {{f->q, f->q_sb, f->q_st, f->q_sh, "q"},
                                       {f->k_cache, f->kc_sb, f->kc_st, f->kc_sh, "k_cache"},
                                       {f->v_cache, f->vc_sb, f->vc_st, f->vc_sh, "v_cache"}};
@@ -697,6 +701,10 @@ extern "C" enum cflash_status cuda_kvcache_select(const struct cuda_kvcache *f, 
     if (st) return st;
     if (f->B > 65535)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 sequences, got %d", (int)f->B);
+    if (prefill) {
+        *config = dmax <= 64 ? CUDA_FWD_D64 : dmax <= 128 ? CUDA_FWD_D128 : CUDA_FWD_D256;
+        return CFLASH_STATUS_OK;
+    }
     const int64_t R = (int64_t)f->Lq * (f->Hq / f->Hk), tiles = (R + DEC_ROWS - 1) / DEC_ROWS;
     if ((int64_t)f->Hk * tiles > 65535)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "k_cache: the CUDA decode kernel takes at most 65535 KV heads x row tiles of %d query rows, got %lld", DEC_ROWS, (long long)(f->Hk * tiles));
@@ -706,12 +714,48 @@ extern "C" enum cflash_status cuda_kvcache_select(const struct cuda_kvcache *f, 
     return CFLASH_STATUS_OK;
 }
 
+/* Lq > CUDA_DECODE_MAX_LQ: append, then the prefill kernel over each sequence's cache row */
+static enum cflash_status launch_cache_prefill(const cuda_kvcache *f, enum cuda_fwd_config config) {
+    if (f->Lnew > 0) {
+        (void)cudaGetLastError();
+        kv_append_kernel<<<dim3((unsigned)f->Lnew, (unsigned)f->Hk, (unsigned)f->B), APPEND_THREADS, 0, (cudaStream_t)f->stream>>>(*f);
+        const cudaError_t err = cudaGetLastError();
+        if (err != cudaSuccess) return device_error("launch of the append kernel", err);
+    }
+    struct cuda_fwd g;
+    memset(&g, 0, sizeof g);
+    g.q = f->q; g.k = f->k_cache; g.v = f->v_cache; g.out = f->out; g.lse = f->lse;
+    g.dtype = f->dtype; g.out_dtype = f->out_dtype;
+    g.q_sb = f->q_sb; g.q_st = f->q_st; g.q_sh = f->q_sh;
+    g.k_sb = f->kc_sb; g.k_st = f->kc_st; g.k_sh = f->kc_sh;
+    g.v_sb = f->vc_sb; g.v_st = f->vc_st; g.v_sh = f->vc_sh;
+    g.o_sb = f->o_sb; g.o_st = f->o_st; g.o_sh = f->o_sh;
+    g.lse_sb = f->lse_sb; g.lse_sh = f->lse_sh; g.lse_st = f->lse_st;
+    g.B = f->B; g.Hq = f->Hq; g.Hk = f->Hk; g.D = f->D; g.Dv = f->Dv;
+    g.Lq = f->Lq; g.Lk = f->cap;
+    g.scale = f->scale; g.softcap = f->softcap;
+    g.causal = f->causal; g.top_left = f->top_left;
+    g.window_left = f->window_left; g.window_right = f->window_right;
+    g.alibi = f->alibi; g.alibi_sb = f->alibi_sb; g.alibi_sh = f->alibi_sh;
+    g.sinks = f->sinks; g.sinks_sh = f->sinks_sh;
+    g.seqlens_k = f->cache_seqlens; g.seqlens_k_s = f->seqlens_s; g.seqlens_add = f->Lnew;
+    g.kv_batch_idx = f->cache_batch_idx; g.kv_batch_idx_s = f->batch_idx_s; g.kv_rows = f->num_rows;
+    g.device_id = f->device_id;
+    g.stream = f->stream;
+    return cuda_fwd_launch(&g, config);
+}
+
 extern "C" enum cflash_status cuda_kvcache_launch(const struct cuda_kvcache *f, enum cuda_fwd_config config) {
     const bool bf = f->dtype == CFLASH_DTYPE_BF16;
     if (f->B == 0) return CFLASH_STATUS_OK; /* nothing to do: the device is not touched */
     int prev;
     enum cflash_status st = cuda_device_enter("q", f->device_id, &prev);
     if (st) return st;
+    if (f->Lq > CUDA_DECODE_MAX_LQ) {
+        st = launch_cache_prefill(f, config);
+        cuda_device_leave(f->device_id, prev);
+        return st;
+    }
     switch (config) {
     case CUDA_FWD_D64: st = bf ? launch_decode<__nv_bfloat16, 64>(f) : launch_decode<__half, 64>(f); break;
     case CUDA_FWD_D128: st = bf ? launch_decode<__nv_bfloat16, 128>(f) : launch_decode<__half, 128>(f); break;

@@ -157,13 +157,26 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         e = e < a ? a : e > f.Lk ? f.Lk : e;
         korg = a; Lk = e - a;
     }
+    int64_t kvb = b; /* the K / V batch row */
+    if constexpr (GENERAL) {
+        if (f.seqlens_k) { /* a KV cache: this sequence's keys, clamped to the cache (decode.cu's rule) */
+            int64_t n = f.seqlens_k[(int64_t)b * f.seqlens_k_s];
+            const int64_t room = f.Lk - f.seqlens_add;
+            n = n < 0 ? 0 : n > room ? room : n;
+            Lk = n + f.seqlens_add;
+            if (f.kv_batch_idx) {
+                const int64_t r = f.kv_batch_idx[(int64_t)b * f.kv_batch_idx_s];
+                kvb = r < 0 ? 0 : r >= f.kv_rows ? f.kv_rows - 1 : r;
+            }
+        }
+    }
     const int row0 = mblock * BM;
     if (row0 >= Lq) return;
     const int rows = (int)(Lq - row0 < BM ? Lq - row0 : BM);
     const int g = h / (f.Hq / f.Hk);
     const T *Qg = (const T *)f.q + (int64_t)b * f.q_sb + (qorg + row0) * f.q_st + (int64_t)h * f.q_sh;
-    const T *Kg = (const T *)f.k + (int64_t)b * f.k_sb + korg * f.k_st + (int64_t)g * f.k_sh;
-    const T *Vg = (const T *)f.v + (int64_t)b * f.v_sb + korg * f.v_st + (int64_t)g * f.v_sh;
+    const T *Kg = (const T *)f.k + kvb * f.k_sb + korg * f.k_st + (int64_t)g * f.k_sh;
+    const T *Vg = (const T *)f.v + kvb * f.v_sb + korg * f.v_st + (int64_t)g * f.v_sh;
 
     /* The visibility rule in force (32-bit from here on: select.c caps the token counts at
      * 2^31 - 1, and every live register counts at 255 per thread): rows [vq0, vq1) see keys
@@ -650,7 +663,7 @@ static enum cflash_status launch1(const struct cuda_fwd *f) {
 
 template <typename T, int DP, bool WG>
 static enum cflash_status launch(const struct cuda_fwd *f) {
-    const bool general = f->slices || f->mask.data || f->bias.data;
+    const bool general = f->slices || f->mask.data || f->bias.data || f->seqlens_k;
     return general ? launch1<T, DP, WG, true>(f) : launch1<T, DP, WG, false>(f);
 }
 
