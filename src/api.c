@@ -424,6 +424,26 @@ static enum cflash_status check_call_devices(const struct cflash_tensor *q, cons
 }
 
 #ifdef CFLASH_HAVE_CUDA
+/* The score rules every CUDA kernel reads, from the call's parameters (checked before). */
+static void cuda_rules_fill(struct cuda_rules *r, const struct cflash_attn_params *p, int64_t D) {
+    r->scale = p->scale != 0.0f ? p->scale : (float)(1.0 / sqrt((double)D));
+    r->softcap = p->softcap;
+    r->causal = p->causal;
+    r->top_left = p->align == CFLASH_ALIGN_TOP_LEFT;
+    r->window_left = p->window_left;
+    r->window_right = p->window_right;
+    if (p->alibi_slopes) {
+        const struct cflash_tensor *a = p->alibi_slopes;
+        r->alibi = a->data;
+        r->alibi_sh = a->stride[a->ndim - 1];
+        r->alibi_sb = a->ndim == 2 ? a->stride[0] : 0;
+    }
+    if (p->sinks) {
+        r->sinks = p->sinks->data;
+        r->sinks_sh = p->sinks->stride[0];
+    }
+}
+
 static void cuda_operand(const struct cflash_tensor *t, int rank, int64_t *sb, int64_t *st, int64_t *sh) {
     *sb = rank == 4 ? t->stride[0] : 0;
     *st = t->stride[rank - 3];
@@ -467,17 +487,7 @@ static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, co
         f.max_seqlen_q = max_seqlen_q >= 0 && max_seqlen_q < f.Lq ? max_seqlen_q : f.Lq;
         f.max_seqlen_k = max_seqlen_k >= 0 && max_seqlen_k < f.Lk ? max_seqlen_k : f.Lk;
     }
-    f.scale = p->scale != 0.0f ? p->scale : (float)(1.0 / sqrt((double)D));
-    f.softcap = p->softcap;
-    f.causal = p->causal; f.top_left = p->align == CFLASH_ALIGN_TOP_LEFT;
-    f.window_left = p->window_left; f.window_right = p->window_right;
-    if (p->alibi_slopes) {
-        const struct cflash_tensor *a = p->alibi_slopes;
-        f.alibi = a->data;
-        f.alibi_sh = a->stride[a->ndim - 1];
-        f.alibi_sb = a->ndim == 2 ? a->stride[0] : 0;
-    }
-    if (p->sinks) { f.sinks = p->sinks->data; f.sinks_sh = p->sinks->stride[0]; }
+    cuda_rules_fill(&f.r, p, D);
     const struct attn_scoresrc *src[2] = {mask, bias};
     struct cuda_scoresrc *dst[2] = {&f.mask, &f.bias};
     for (int i = 0; i < 2; i++) {
@@ -757,17 +767,7 @@ static enum cflash_status cuda_kvcache_route(const struct cflash_tensor *q, cons
         f.cache_batch_idx = cache->cache_batch_idx->data;
         f.batch_idx_s = cache->cache_batch_idx->stride[0];
     }
-    f.scale = p->scale != 0.0f ? p->scale : (float)(1.0 / sqrt((double)D));
-    f.softcap = p->softcap;
-    f.causal = p->causal; f.top_left = p->align == CFLASH_ALIGN_TOP_LEFT;
-    f.window_left = p->window_left; f.window_right = p->window_right;
-    if (p->alibi_slopes) {
-        const struct cflash_tensor *a = p->alibi_slopes;
-        f.alibi = a->data;
-        f.alibi_sh = a->stride[a->ndim - 1];
-        f.alibi_sb = a->ndim == 2 ? a->stride[0] : 0;
-    }
-    if (p->sinks) { f.sinks = p->sinks->data; f.sinks_sh = p->sinks->stride[0]; }
+    cuda_rules_fill(&f.r, p, D);
     if (cache->rotary_cos) { /* positions are clamped to the table in the kernels (the host cannot read them) */
         const struct cflash_tensor *rc = cache->rotary_cos;
         f.rot_cos = rc->data; f.rot_sin = cache->rotary_sin->data; f.rot_dtype = rc->dtype;

@@ -30,6 +30,18 @@ struct cuda_scoresrc {
     int32_t q_local, k_local;
 };
 
+/* The score rules of a call (SPEC sections 1-3), the same for every CUDA kernel: api.c fills
+ * them once (cuda_rules_fill), the kernels read them. */
+struct cuda_rules {
+    float scale, softcap;
+    int32_t causal, top_left;
+    int64_t window_left, window_right;
+    const float *alibi;    /* NULL or fp32 slope (b, h) at alibi[b * alibi_sb + h * alibi_sh] */
+    int64_t alibi_sb, alibi_sh;
+    const float *sinks;    /* NULL or fp32 [Hq] */
+    int64_t sinks_sh;
+};
+
 /* One slice of a range plan on the device (the layout of struct attn_slice, internal.h): rows
  * [q0, q1) see keys [k0, k1) with dlo <= col - row <= dhi; ALiBi distance |col - row - alibi_diag|. */
 struct cuda_slice {
@@ -50,13 +62,7 @@ struct cuda_fwd {
     const int32_t *cu_q, *cu_k;
     int64_t cu_q_s, cu_k_s;
     int64_t max_seqlen_q;  /* rows the grid covers per sequence (packed: the hint, else Tq) */
-    float scale, softcap;
-    int32_t causal, top_left;
-    int64_t window_left, window_right;
-    const float *alibi;    /* NULL or fp32 slope (b, h) at alibi[b * alibi_sb + h * alibi_sh] */
-    int64_t alibi_sb, alibi_sh;
-    const float *sinks;    /* NULL or fp32 [Hq] */
-    int64_t sinks_sh;
+    struct cuda_rules r;
     struct cuda_scoresrc mask, bias;
     int64_t max_seqlen_k;  /* packed: the hint the mask / bias shapes were checked against */
     int32_t device_id;     /* the tensors' GPU: the launch runs there (and restores the caller's) */
@@ -157,13 +163,7 @@ struct cuda_kvcache {
     int64_t batch_idx_s;
     const int32_t *block_table;    /* NULL: contiguous */
     int64_t bt_sb, bt_sp;
-    float scale, softcap;
-    int32_t causal, top_left;
-    int64_t window_left, window_right;
-    const float *alibi;
-    int64_t alibi_sb, alibi_sh;
-    const float *sinks;
-    int64_t sinks_sh;
+    struct cuda_rules r;
     /* rotary embedding (rot_cos NULL: none) of the appended keys (at seq_start + t) and of q (at
      * seq_start + i when rot_q_per_row, else seq_start): [rot_rows, rot_half] tables of
      * rot_dtype; positions are clamped to [0, rot_rows) (the host cannot check them) */

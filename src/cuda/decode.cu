@@ -216,9 +216,9 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
 
     /* visible keys of query position i: [lo(i), hi(i)] around the diagonal c = i + off (64-bit:
      * the window sides are clamped to Lq + Lk, beyond which they cut nothing) */
-    const int64_t off = f.top_left ? 0 : (int64_t)lk - lq, span = (int64_t)lq + lk;
-    const int64_t right = f.causal ? 0 : (f.window_right > span ? span : f.window_right);
-    const int64_t left = f.window_left > span ? span : f.window_left;
+    const int64_t off = f.r.top_left ? 0 : (int64_t)lk - lq, span = (int64_t)lq + lk;
+    const int64_t right = f.r.causal ? 0 : (f.r.window_right > span ? span : f.r.window_right);
+    const int64_t left = f.r.window_left > span ? span : f.r.window_left;
     auto lo_of = [=](int i) -> int {
         const int64_t lo = left >= 0 ? i + off - left : 0;
         return (int)(lo < 0 ? 0 : lo > lk ? lk : lo);
@@ -249,12 +249,12 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
         lo_r[hr] = lo_of(i);
         hi_r[hr] = hi_of(i);
         diag_r[hr] = (int64_t)i + lk - lq; /* ALiBi: always the bottom-right diagonal */
-        slope2_r[hr] = f.alibi ? f.alibi[(int64_t)b * f.alibi_sb + (int64_t)h * f.alibi_sh] * LOG2E_F : 0.0f;
+        slope2_r[hr] = f.r.alibi ? f.r.alibi[(int64_t)b * f.r.alibi_sb + (int64_t)h * f.r.alibi_sh] * LOG2E_F : 0.0f;
     }
-    const float scale2 = f.scale * LOG2E_F;
-    const bool score_mods = f.softcap > 0.0f || f.alibi;
+    const float scale2 = f.r.scale * LOG2E_F;
+    const bool score_mods = f.r.softcap > 0.0f || f.r.alibi;
     const float sc = score_mods || scale2 <= 0.0f ? 1.0f : scale2; /* scale left for exp2 */
-    const float softcap2 = f.softcap * LOG2E_F, cap_in = f.softcap > 0.0f ? f.scale / f.softcap : 0.0f;
+    const float softcap2 = f.r.softcap * LOG2E_F, cap_in = f.r.softcap > 0.0f ? f.r.scale / f.r.softcap : 0.0f;
     const int dq = f.D / 8, dv = f.Dv / 8;
 
     float o[DT][4];
@@ -379,8 +379,8 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     float x = s[nt][e];
-                    x = f.softcap > 0.0f ? softcap2 * tanhf(x * cap_in) : x * scale2;
-                    if (f.alibi) {
+                    x = f.r.softcap > 0.0f ? softcap2 * tanhf(x * cap_in) : x * scale2;
+                    if (f.r.alibi) {
                         const int j = c0 + kbase + nt * 8 + 2 * (lane % 4) + (e & 1);
                         x -= slope2_r[e / 2] * fabsf((float)(j - diag_r[e / 2]));
                     }
@@ -505,8 +505,8 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
         const int rg = r0 + r, i = rg / G, h = kvh * G + rg % G;
         if (pl.splits == 1) {
             float mrow = M, factor = 1.0f, sum = L;
-            if (f.sinks) { /* the sink joins the denominator only */
-                const float z2 = f.sinks[(int64_t)h * f.sinks_sh] * LOG2E_F;
+            if (f.r.sinks) { /* the sink joins the denominator only */
+                const float z2 = f.r.sinks[(int64_t)h * f.r.sinks_sh] * LOG2E_F;
                 const float mm = fmaxf(mrow, z2);
                 factor = mm == -INFINITY ? 0.0f : exp2f(mrow - mm);
                 sum = sum * factor + (z2 == -INFINITY ? 0.0f : exp2f(z2 - mm));
@@ -543,7 +543,7 @@ decode_combine_kernel(const cuda_kvcache f, const decode_plan pl) {
     for (int s = lane; s < pl.splits; s += 32) M = fmaxf(M, pl.ws_lse[(int64_t)s * nrows_all + n]);
 #pragma unroll
     for (int x = 16; x > 0; x /= 2) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, x));
-    const float z2 = f.sinks ? f.sinks[(int64_t)h * f.sinks_sh] * LOG2E_F : -INFINITY;
+    const float z2 = f.r.sinks ? f.r.sinks[(int64_t)h * f.r.sinks_sh] * LOG2E_F : -INFINITY;
     M = fmaxf(M, z2);
     float sum = 0.0f;
     for (int s = lane; s < pl.splits; s += 32) {
@@ -733,11 +733,7 @@ static enum cflash_status launch_cache_prefill(const cuda_kvcache *f, enum cuda_
     g.lse_sb = f->lse_sb; g.lse_sh = f->lse_sh; g.lse_st = f->lse_st;
     g.B = f->B; g.Hq = f->Hq; g.Hk = f->Hk; g.D = f->D; g.Dv = f->Dv;
     g.Lq = f->Lq; g.Lk = f->cap;
-    g.scale = f->scale; g.softcap = f->softcap;
-    g.causal = f->causal; g.top_left = f->top_left;
-    g.window_left = f->window_left; g.window_right = f->window_right;
-    g.alibi = f->alibi; g.alibi_sb = f->alibi_sb; g.alibi_sh = f->alibi_sh;
-    g.sinks = f->sinks; g.sinks_sh = f->sinks_sh;
+    g.r = f->r;
     g.seqlens_k = f->cache_seqlens; g.seqlens_k_s = f->seqlens_s; g.seqlens_add = f->Lnew;
     g.kv_batch_idx = f->cache_batch_idx; g.kv_batch_idx_s = f->batch_idx_s; g.kv_rows = f->num_rows;
     g.device_id = f->device_id;

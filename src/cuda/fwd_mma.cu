@@ -214,8 +214,8 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             R.dhi = sl.dhi > cap ? cap : sl.dhi;
             R.adiag = (int)(sl.alibi_diag < -cap ? -cap : sl.alibi_diag > cap ? cap : sl.alibi_diag);
         } else {
-            const int64_t off = f.top_left ? 0 : (int64_t)lk - lq;
-            const int64_t right = f.causal ? 0 : f.window_right, left = f.window_left;
+            const int64_t off = f.r.top_left ? 0 : (int64_t)lk - lq;
+            const int64_t right = f.r.causal ? 0 : f.r.window_right, left = f.r.window_left;
             R.vq0 = 0; R.vq1 = lq; R.vk0 = 0; R.vk1 = lk;
             R.dlo = left >= 0 ? off - (left > cap ? cap : left) : -cap;
             R.dhi = right >= 0 ? off + (right > cap ? cap : right) : cap;
@@ -246,9 +246,9 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         *nsi = first_from(si + 1, nx);
         *nnb = nx.nb_lo;
     };
-    const float slope2 = f.alibi ? f.alibi[(int64_t)b * f.alibi_sb + (int64_t)h * f.alibi_sh] * LOG2E_F : 0.0f;
-    const float scale2 = f.scale * LOG2E_F;
-    const bool score_mods = f.softcap > 0.0f || f.alibi || (GENERAL && f.bias.data);
+    const float slope2 = f.r.alibi ? f.r.alibi[(int64_t)b * f.r.alibi_sb + (int64_t)h * f.r.alibi_sh] * LOG2E_F : 0.0f;
+    const float scale2 = f.r.scale * LOG2E_F;
+    const bool score_mods = f.r.softcap > 0.0f || f.r.alibi || (GENERAL && f.bias.data);
     /* masks and biases (SPEC section 5): this block's origin in each source */
     const bool mask_or_bias = GENERAL && (f.mask.data || f.bias.data);
     const int64_t hint_q = f.cu_q ? f.max_seqlen_q : f.Lq, hint_k = f.cu_q ? f.max_seqlen_k : f.Lk;
@@ -257,7 +257,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     const int64_t bias_base = (int64_t)b * f.bias.sb + (int64_t)(h / (f.bias.hdiv > 0 ? f.bias.hdiv : 1)) * f.bias.sh +
                               (f.bias.q_local ? 0 : qorg) * f.bias.sq + (f.bias.k_local ? 0 : korg) * f.bias.sk;
     const float sc = score_mods || scale2 <= 0.0f ? 1.0f : scale2; /* scale left for exp2 */
-    const float softcap2 = f.softcap * LOG2E_F, cap_in = f.softcap > 0.0f ? f.scale / f.softcap : 0.0f;
+    const float softcap2 = f.r.softcap * LOG2E_F, cap_in = f.r.softcap > 0.0f ? f.r.scale / f.r.softcap : 0.0f;
     const int row_base = row0 + warp * 16 * MT + lane / 4;       /* this thread's first row */
     const int dq = f.D / 8, dv = f.Dv / 8;
 
@@ -293,8 +293,8 @@ fwd_mma_kernel(const struct cuda_fwd f) {
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
                         float x = s[mt][nt][e];
-                        x = f.softcap > 0.0f ? softcap2 * tanhf(x * cap_in) : x * scale2;
-                        if (f.alibi) x -= slope2 * fabsf(abase + (float)(nt * 8 + (e & 1) - mt * 16 - (e / 2) * 8));
+                        x = f.r.softcap > 0.0f ? softcap2 * tanhf(x * cap_in) : x * scale2;
+                        if (f.r.alibi) x -= slope2 * fabsf(abase + (float)(nt * 8 + (e & 1) - mt * 16 - (e / 2) * 8));
                         s[mt][nt][e] = x;
                     }
         } else if (scale2 <= 0.0f) { /* a negative scale turns maxima into minima: scale first */
@@ -602,7 +602,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     }
 
     /* epilogue: row sums across the quad, the sink, 1 / l, stores */
-    const float z2 = f.sinks ? f.sinks[(int64_t)h * f.sinks_sh] * LOG2E_F : -INFINITY;
+    const float z2 = f.r.sinks ? f.r.sinks[(int64_t)h * f.r.sinks_sh] * LOG2E_F : -INFINITY;
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -611,7 +611,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             sum += __shfl_xor_sync(0xffffffffu, sum, 1);
             sum += __shfl_xor_sync(0xffffffffu, sum, 2);
             float mrow = m[mt][hr], factor = 1.0f;
-            if (f.sinks) {
+            if (f.r.sinks) {
                 const float mm = fmaxf(mrow, z2);
                 factor = exp2f(mrow - mm);
                 sum = sum * factor + exp2f(z2 - mm);
