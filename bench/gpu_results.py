@@ -12,7 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_results(out, records, torch):
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    # CFLASH_COMMIT: the commit of the tree that was copied to the GPU machine (its .git may be stale)
+    commit = os.environ.get("CFLASH_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {"device": torch.cuda.get_device_name(), "commit": commit or "unknown",
               "date": datetime.date.today().isoformat(), "torch": torch.__version__, "records": records}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -5,7 +5,8 @@
 #   2. the C test group `cuda` (every GPU case against the CPU fp64 reference kernel),
 #   3. compute-sanitizer memcheck and racecheck over a representative subset,
 #   4. pytest on the GPU (when the Python package is built with CUDA; skipped with the reason
-#      otherwise), then the GPU benchmark (bench/bench_gpu.py) unless --no-bench,
+#      otherwise), then the GPU benchmarks (bench/bench_gpu.py, bench_gpu_decode.py, bench_gpu_mla.py)
+#      unless --no-bench,
 # and prints a short table last. Exit status: non-zero if any check failed.
 #
 # Options: --quick (skip the sanitizers), --no-bench, --bench-only, --prefill-only (no decode
@@ -103,6 +104,7 @@ fi
 if [ "$BENCH" = 1 ] && [ "$PYEXT" = ON ]; then
     python3 bench/bench_gpu.py --build "$BUILD" ${BENCH_ARGS:-} || status=1
     [ "$DECODE" = 0 ] || python3 bench/bench_gpu_decode.py --build "$BUILD" ${DECODE_ARGS:-} || status=1
+    [ "$DECODE" = 0 ] || python3 bench/bench_gpu_mla.py --build "$BUILD" ${MLA_ARGS:-} || status=1
 fi
 
 echo

@@ -450,8 +450,16 @@ static void cuda_operand(const struct cflash_tensor *t, int rank, int64_t *sb, i
     *sh = t->stride[rank - 2];
 }
 
+static enum cflash_status cuda_kvcache_route(const struct cflash_tensor *q, const struct cflash_kvcache *cache,
+                                             const struct cflash_tensor *k_new, const struct cflash_tensor *v_new,
+                                             const struct cflash_tensor *out, const struct cflash_tensor *lse,
+                                             const struct cflash_attn_params *p, int64_t Hq, int64_t Hk,
+                                             int64_t D, int64_t Dv, int64_t Lnew, int64_t room);
+
 /* Dense (rank 4) and packed (rank 3, cu_q / cu_k on the device) calls on CUDA tensors, after
- * the checks every backend shares. Queued on p->cuda_stream; nothing waits for the GPU. */
+ * the checks every backend shares. Queued on p->cuda_stream; nothing waits for the GPU. The MLA
+ * shape (D 576, Dv 512) runs the cache path's MLA kernel: k / v as a full cache, one row a
+ * sequence, no metadata. */
 static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
                                      const struct cflash_tensor *v, const struct cflash_tensor *out,
                                      const struct cflash_tensor *lse, const struct cflash_attn_params *p,
@@ -464,6 +472,20 @@ static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, co
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: %s is a CPU kernel; CUDA tensors take CFLASH_KERNEL_AUTO", cflash_kernel_name(p->kernel));
     if (B > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 sequences, got %lld", (long long)B);
     if (Hq > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 heads, got %lld", (long long)Hq);
+    if (D == 576 && Dv == 512) {
+        if (rank != 4 || (mask && mask->data) || (bias && bias->data) || slices)
+            return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA MLA kernel (D = 576, Dv = 512) serves dense and KV-cache calls without masks, biases or range plans; this one is %s",
+                                    slices ? "a range plan" : rank != 4 ? "packed (varlen)" : "masked or biased");
+        if (!v || v->data != k->data || v->stride[0] != k->stride[0] || v->stride[1] != k->stride[1] || v->stride[2] != k->stride[2])
+            return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "v: the CUDA MLA kernel (D = 576, Dv = 512) reads V as the first 512 columns of K: pass v as a view of k (k[..., :512])");
+        if (k->shape[1] > INT32_MAX)
+            return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "k: the CUDA backend takes at most 2^31 - 1 keys per sequence, got %lld", (long long)k->shape[1]);
+        struct cflash_kvcache full;
+        memset(&full, 0, sizeof full);
+        full.k_cache = k;
+        full.v_cache = v;
+        return cuda_kvcache_route(q, &full, NULL, NULL, out, lse, p, Hq, Hk, D, Dv, 0, k->shape[1]);
+    }
     struct cuda_fwd f;
     memset(&f, 0, sizeof f);
     f.q = q->data; f.k = k->data; f.v = v ? v->data : k->data; f.out = out->data;
@@ -757,8 +779,10 @@ static enum cflash_status cuda_kvcache_route(const struct cflash_tensor *q, cons
     const int64_t cap32 = INT32_MAX;
     f.page_size = (int32_t)(kc->shape[1] > cap32 ? cap32 : kc->shape[1]);
     f.cap = (int32_t)(f.num_rows == 0 ? 0 : room > cap32 ? cap32 : room);
-    f.cache_seqlens = cache->cache_seqlens->data;
-    f.seqlens_s = cache->cache_seqlens->stride[0];
+    if (cache->cache_seqlens) { /* NULL: a dense call served by the MLA kernel, every sequence full */
+        f.cache_seqlens = cache->cache_seqlens->data;
+        f.seqlens_s = cache->cache_seqlens->stride[0];
+    }
     if (cache->block_table) {
         f.block_table = cache->block_table->data;
         f.bt_sb = cache->block_table->stride[0];

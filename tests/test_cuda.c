@@ -104,6 +104,26 @@ static void add_features(void)
         c = base(dt, 128, 200, 300); c.Hq = 8; c.Hk = 1; c.causal = 1; add(c);
         c = base(dt, 64, 200, 300); c.qk_sd = 3.0f; add(c); /* large logits */
     }
+    /* MLA (D 576, Dv 512, v a view of k's first 512 columns, one latent head): dense calls run
+     * the cache path's MLA kernel (64-row tiles of Lq x 16 heads); every score rule */
+    for (int i = 0; i < 8; i++) {
+        struct attn_cfg c = base(i % 2 ? CFLASH_DTYPE_BF16 : CFLASH_DTYPE_F16, 576, 33, 300);
+        c.Dv = 512;
+        c.vmode = V_VIEW_OF_K;
+        c.Hq = 16;
+        c.Hk = 1;
+        switch (i) {
+        case 0: break;
+        case 1: c.causal = 1; break;
+        case 2: c.causal = 1; c.align = CFLASH_ALIGN_TOP_LEFT; c.B = 2; break;
+        case 3: c.wl = 40; c.wr = 5; c.sinks = 1; break;
+        case 4: c.alibi = 2; c.B = 2; c.softcap = 20.0f; break;
+        case 5: c.Lq = 1; c.Lk = 1023; c.out_f32 = 1; c.lse_mode = LSE_NONE; break;
+        case 6: c.Lq = 130; c.Lk = 130; c.causal = 1; break; /* 2080 rows: 33 tiles */
+        case 7: c.Lq = 300; c.Lk = 200; c.causal = 1; c.Hq = 4; break; /* empty rows */
+        }
+        add(c);
+    }
 }
 
 static void add_varlen(void)
@@ -172,6 +192,13 @@ static void misuse_dense(const void *arg)
     if (which == 4) { p.mask = &mask; want = WANT_MIXED; arg_name = "mask"; } /* a host mask for device q */
     if (which == 5) { q.stride[1] = 2 * 64 + 4; arg_name = "q"; } /* rows not 16-byte aligned */
     if (which == 6) { o.device_id = 1; want = WANT_MIXED; arg_name = "out"; }
+    if (which == 7 || which == 8) { /* MLA: masked (a device mask), or v not a view of k */
+        q = dev4(dt, 1, 16, 2, 576); k = dev4(dt, 1, 16, 1, 576); o = dev4(dt, 1, 16, 2, 512);
+        v = k;
+        v.shape[3] = 512;
+        if (which == 7) { mask.data = FAKE; mask.device = CFLASH_DEVICE_CUDA; p.mask = &mask; }
+        else { v = dev4(dt, 1, 16, 1, 512); arg_name = "v"; }
+    }
 #ifndef CFLASH_HAVE_CUDA
     arg_name = "q"; /* every CUDA tensor is refused first */
 #endif
@@ -250,9 +277,9 @@ void register_cuda_tests(void)
     add_grid();
     add_features();
     add_varlen();
-    static const char *dense_names[7] = {"fp32", "D=20", "mixed_devices", "forced_cpu_kernel", "host_mask",
-                                         "unaligned_rows", "other_device_id"};
-    for (int i = 0; i < 7; i++) {
+    static const char *dense_names[9] = {"fp32", "D=20", "mixed_devices", "forced_cpu_kernel", "host_mask",
+                                         "unaligned_rows", "other_device_id", "mla_masked", "mla_separate_v"};
+    for (int i = 0; i < 9; i++) {
         char name[96];
         snprintf(name, sizeof name, "cuda/misuse/dense/%s", dense_names[i]);
         tcase_add(name, misuse_dense, &i, sizeof i);

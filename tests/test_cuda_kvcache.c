@@ -919,16 +919,17 @@ static void register_gkv_cases(void)
     }
 
     /* chunked prefill over a cache (Lq > 8: the append, then the prefill kernel), contiguous
-     * caches and cache_batch_idx, new keys as many as the queries or fewer, every score rule,
-     * head dims 64 / 128 / 256 and GQA 1, 4, 8 */
-    static const int cp[8][3] = {{9, 9, 0}, {64, 64, 1}, {130, 130, 0}, {17, 0, 1},
-                                 {33, 5, 0}, {200, 200, 1}, {9, 0, 0}, {64, 16, 1}};
+     * caches, cache_batch_idx (layout 1) and pages of 16, 1, 256 and 3 (layout -page), new keys
+     * as many as the queries or fewer, every score rule, head dims 64 / 128 / 256, GQA 1, 4, 8 */
+    static const int cp[8][3] = {{9, 9, 0}, {64, 64, 1}, {130, 130, -16}, {17, 0, 1},
+                                 {33, 5, -1}, {200, 200, -256}, {9, 0, -3}, {64, 16, 1}};
     for (int i = 0; i < 8; i++)
         for (int r = 0; r < 3; r++) {
             c = gbase(dts[(i + r) % 2]);
             c.Lq = cp[i][0];
             c.Lnew = cp[i][1];
-            c.bidx = cp[i][2];
+            c.bidx = cp[i][2] == 1;
+            c.page = cp[i][2] < 0 ? -cp[i][2] : 0;
             c.D = c.Dv = dims[(i + r) % 3];
             c.Hq = (i % 3 == 0) ? 8 : (i % 3 == 1) ? 32 : 16;
             c.Hk = (i % 3 == 0) ? 8 : (i % 3 == 1) ? 8 : 2;
@@ -1016,6 +1017,39 @@ static void register_gkv_cases(void)
         case 8: c.dtype = CFLASH_DTYPE_F16; c.D = c.Dv = 256; c.Hq = 8; c.Hk = 1; c.Lq = 8; c.seq[0] = 4000; break;
         case 9: c.D = c.Dv = 64; c.Hq = c.Hk = 1; c.softcap = 20.0f; c.page = 16; break;
         case 10: c.splits = 3; c.B = 2; c.seq[1] = 0; c.Lnew = 0; c.lse_null = 1; break; /* an empty entry */
+        }
+        add_gkv(c);
+    }
+
+    /* MLA (D = 576, Dv = 512, V := K[..., :512], one latent head): the MLA kernel at every Lq
+     * (64-row tiles: Hq 16 or 128, one to 17 tiles), contiguous, cache_batch_idx and pages of 1,
+     * 16 and 64, every score rule, splits by the heuristic and forced, empty and full caches */
+    for (int i = 0; i < 16; i++) {
+        c = gbase(dts[i % 2]);
+        c.D = 576;
+        c.Dv = 512;
+        c.vmode = VM_VIEW;
+        c.Hk = 1;
+        c.Hq = i % 4 == 3 ? 128 : 16;
+        c.Lq = 4;
+        c.Lnew = 3;
+        switch (i) {
+        case 0: c.Lq = 1; c.Lnew = 1; break;
+        case 1: c.Lq = 1; c.Lnew = 0; c.page = 1; break;
+        case 2: c.page = 16; c.causal = 1; break;
+        case 3: c.Lq = 2; c.Lnew = 2; c.page = 64; c.causal = 1; break; /* 256 rows: 4 tiles */
+        case 4: c.Lq = 9; c.Lnew = 9; c.causal = 1; c.align = CFLASH_ALIGN_TOP_LEFT; break;
+        case 5: c.wl = 20; c.wr = 0; c.sinks = 1; break;
+        case 6: c.alibi = 2; c.page = 16; break;
+        case 7: c.Lq = 1; c.Lnew = 1; c.softcap = 20.0f; c.bidx = 1; break;
+        case 8: c.scale = -0.5f; c.causal = 1; break;
+        case 9: c.Lq = 1; c.Lnew = 1; c.out_f32 = 1; c.lse_null = 1; break;
+        case 10: c.B = 1; c.seq[0] = 3000; c.Lq = 1; c.Lnew = 1; break; /* the heuristic splits */
+        case 11: c.B = 1; c.seq[0] = 2000; c.splits = 7; c.Lq = 2; c.Lnew = 2; c.page = 16; c.causal = 1; break;
+        case 12: c.Lq = 64; c.Lnew = 64; c.causal = 1; break; /* 1024 rows: 16 tiles */
+        case 13: c.seq[0] = c.seq[1] = c.seq[2] = 0; c.Lnew = 0; c.sinks = 1; break; /* no keys at all */
+        case 14: c.at_cap = 1; c.page = 16; c.strided = 1; break;
+        case 15: c.Hq = 16; c.Lq = 33; c.Lnew = 5; c.causal = 1; c.wl = 40; c.page = 1; break;
         }
         add_gkv(c);
     }
@@ -1263,7 +1297,7 @@ static struct cflash_tensor fake(enum cflash_dtype dt, int ndim, int64_t a, int6
 #endif
 
 enum gmis {
-    GK_ROTARY, GK_LQ9, GK_ROTARY_LQ9, GK_FP32, GK_D20, GK_D512, GK_MASK, GK_BIAS, GK_FORCED_KERNEL,
+    GK_ROTARY, GK_FP32, GK_D20, GK_D512, GK_MLA_SEPARATE_V, GK_MASK, GK_BIAS, GK_FORCED_KERNEL,
     GK_HOST_SEQLENS, GK_HOST_KCACHE, GK_HOST_VCACHE, GK_HOST_BT, GK_HOST_BIDX, GK_HOST_KNEW,
     GK_HOST_SINKS, GK_LSE_DEVICE1, GK_UNALIGNED_CACHE, GK_UNALIGNED_Q, GK_ODD_OUT, GK_LNEW_CAP,
     GK_LNEW_CAP_PAGED, GK_BIDX_WITH_BT, GK_BIDX_NO_ROWS, GK_HUGE_CAPACITY, GK_SEQLENS_F32,
@@ -1276,11 +1310,10 @@ static const struct {
     const char *names; /* '|'-separated: the message names one of them */
 } gmis_info[N_GMIS] = {
     [GK_ROTARY] = {"rotary_without_k_new", CFLASH_STATUS_INVALID_ARGUMENT, "rotary_cos"},
-    [GK_LQ9] = {"paged_Lq=9", CFLASH_STATUS_UNSUPPORTED, "block_table"},      /* contiguous Lq > 8: served */
-    [GK_ROTARY_LQ9] = {"rotary_Lq=9", CFLASH_STATUS_UNSUPPORTED, "rotary_cos"},
     [GK_FP32] = {"fp32", CFLASH_STATUS_UNSUPPORTED, "q"},
     [GK_D20] = {"D=20", CFLASH_STATUS_UNSUPPORTED, "q"},
     [GK_D512] = {"D=512", CFLASH_STATUS_UNSUPPORTED, "q"},
+    [GK_MLA_SEPARATE_V] = {"D=576,Dv=512,separate_v_cache", CFLASH_STATUS_UNSUPPORTED, "v_cache"},
     [GK_MASK] = {"mask", CFLASH_STATUS_UNSUPPORTED, "mask"},
     [GK_BIAS] = {"bias", CFLASH_STATUS_UNSUPPORTED, "bias"},
     [GK_FORCED_KERNEL] = {"forced_cpu_kernel", CFLASH_STATUS_UNSUPPORTED, "kernel"},
@@ -1322,7 +1355,7 @@ static void gmis_case(const void *arg)
         return;
     }
     const enum cflash_dtype h = CFLASH_DTYPE_F16;
-    const int paged = id == GK_HOST_BT || id == GK_LNEW_CAP_PAGED || id == GK_BIDX_WITH_BT || id == GK_LQ9 ||
+    const int paged = id == GK_HOST_BT || id == GK_LNEW_CAP_PAGED || id == GK_BIDX_WITH_BT ||
                       id == GK_HUGE_CAPACITY || id == GK_NO_DEVICE_PAGED;
     struct cflash_tensor q = fake(h, 4, 2, 1, 8, 64), out = q, lse = fake(CFLASH_DTYPE_F32, 3, 2, 8, 1, 0);
     struct cflash_tensor kc = paged ? fake(h, 4, 6, 16, 2, 64) : fake(h, 4, 2, 32, 2, 64), vc = kc;
@@ -1341,17 +1374,16 @@ static void gmis_case(const void *arg)
     const struct cflash_tensor *pkn = &kn, *pvn = &vn;
     switch (id) {
     case GK_ROTARY: cache.rotary_cos = &rc; cache.rotary_sin = &rs; pkn = pvn = NULL; break; /* served, but not without k_new */
-    case GK_LQ9: q = fake(h, 4, 2, 9, 8, 64); out = q; lse = fake(CFLASH_DTYPE_F32, 3, 2, 8, 9, 0); break;
-    case GK_ROTARY_LQ9:
-        q = fake(h, 4, 2, 9, 8, 64); out = q; lse = fake(CFLASH_DTYPE_F32, 3, 2, 8, 9, 0);
-        cache.rotary_cos = &rc; cache.rotary_sin = &rs;
-        break;
     case GK_FP32: q.dtype = out.dtype = kc.dtype = vc.dtype = kn.dtype = vn.dtype = CFLASH_DTYPE_F32; break;
     case GK_D20:
         q = fake(h, 4, 2, 1, 8, 20); out = q; kc = fake(h, 4, 2, 32, 2, 20); vc = kc; kn = fake(h, 4, 2, 1, 2, 20); vn = kn;
         break;
     case GK_D512:
         q = fake(h, 4, 2, 1, 8, 512); out = q; kc = fake(h, 4, 2, 32, 2, 512); vc = kc; kn = fake(h, 4, 2, 1, 2, 512); vn = kn;
+        break;
+    case GK_MLA_SEPARATE_V: /* the MLA kernel reads V from K's tile: a separate V is not served */
+        q = fake(h, 4, 2, 1, 8, 576); kc = fake(h, 4, 2, 32, 2, 576); vc = fake(h, 4, 2, 32, 2, 512);
+        out = fake(h, 4, 2, 1, 8, 512); kn = fake(h, 4, 2, 1, 2, 576); vn = fake(h, 4, 2, 1, 2, 512);
         break;
     case GK_MASK: p.mask = &mask; break;
     case GK_BIAS: p.bias = &bias; break;
@@ -1386,8 +1418,6 @@ static void gmis_case(const void *arg)
     if (st == CFLASH_STATUS_OK)
         return;
     CHECK(msg_names_any(msg, gmis_info[id].names), "message \"%s\" does not name %s", msg, gmis_info[id].names);
-    if (id == GK_LQ9)
-        CHECK(strstr(msg, "Lq") != NULL, "message \"%s\" does not say Lq", msg);
 #endif
 }
 

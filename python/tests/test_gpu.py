@@ -171,6 +171,33 @@ def test_kvcache_chunked_prefill(torch, rng):
     check(back(out), back(lse), lambda rnd: reference.kvcache(q, kc, vc, seq, kn, vn, rnd=rnd, **kw)[:2], dtype)
 
 
+@pytest.mark.parametrize("page", [16, 5])
+def test_kvcache_paged_chunked_prefill_rotary(torch, rng, page):
+    """Chunked prefill over a paged cache with rotary (Lq = 20 > 8: the append rotates the new
+    keys into their pages, q is rotated into a workspace, then the prefill kernel reads the
+    pages through the block table), causal, against the fp64 reference."""
+    from cflash.flash_attn import flash_attn_with_kvcache
+    dtype, B, Hq, Hk, D, Lq, half = "float16", 2, 8, 2, 128, 20, 32
+    per = 80 // page + 1
+    seq = [33, 60 - Lq + 10]
+    npages = B * per + 3
+    q, kc, vc = randn(rng, (B, Lq, Hq, D), dtype), randn(rng, (npages, page, Hk, D), dtype), randn(rng, (npages, page, Hk, D), dtype)
+    kn, vn = randn(rng, (B, Lq, Hk, D), dtype), randn(rng, (B, Lq, Hk, D), dtype)
+    table = rng.permutation(npages)[:B * per].astype(np.int32).reshape(B, per)
+    ang = rng.random((per * page, half)) * 3.0
+    cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+    tkc, tvc = cuda(torch, kc, dtype), cuda(torch, vc, dtype)
+    out, lse = flash_attn_with_kvcache(cuda(torch, q, dtype), tkc, tvc, k=cuda(torch, kn, dtype), v=cuda(torch, vn, dtype),
+                                      cache_seqlens=torch.tensor(seq, dtype=torch.int32, device="cuda"),
+                                      block_table=torch.from_numpy(table).cuda(), rotary_cos=torch.from_numpy(cos).cuda(),
+                                      rotary_sin=torch.from_numpy(sin).cuda(), rotary_interleaved=False, causal=True,
+                                      return_softmax_lse=True)
+    kw = dict(block_table=table, rotary_cos=cos, rotary_sin=sin, interleaved=False, causal=True)
+    _, _, k_after, v_after = reference.kvcache(q, kc, vc, seq, kn, vn, **kw)
+    assert np.allclose(back(tkc), k_after, rtol=2e-3, atol=2e-3) and np.array_equal(back(tvc), v_after), "the appended rows"
+    check(back(out), back(lse), lambda rnd: reference.kvcache(q, kc, vc, seq, kn, vn, rnd=rnd, **kw)[:2], dtype)
+
+
 def test_magi_on_gpu(torch, rng):
     """MagiAttention's call shape on CUDA tensors (ranges given as CUDA int32 tensors, read to the
     host once per distinct plan): out [Tq, Hq, D] and lse [Tq, Hq] on the GPU."""
@@ -251,3 +278,53 @@ def test_kvcache_rotary(torch, rng, interleaved):
         assert np.array_equal(got_k[b, :seq[b]], kc[b, :seq[b]]) and np.array_equal(got_k[b, seq[b] + Lnew:], kc[b, seq[b] + Lnew:])
     # q is rotated in fp16 on the GPU (fp32 on the CPU): the naive run rounds the rotated q too
     check(back(out), None, lambda rnd: reference.kvcache(q, kc, vc, seq, kn, vn, rnd=rnd, **kw)[:1] + (None,), dtype)
+
+
+@pytest.mark.parametrize("case", ["paged_rotary", "contiguous_128_heads"])
+def test_kvcache_mla(torch, rng, case):
+    """MLA over a KV cache (D = 576, Dv = 512: V is the first 512 columns of the one latent K
+    head, passed as views k_cache[..., :512] and k[..., :512]): the MLA kernel, paged with rotary
+    and causal over 2 new tokens, or contiguous decode with 128 query heads (two 64-row tiles)."""
+    from cflash.flash_attn import flash_attn_with_kvcache
+    paged = case == "paged_rotary"
+    dtype, B, Hq, D, Dv = "bfloat16", 2, 16 if paged else 128, 576, 512
+    Lq, page, seq = (2, 16, [37, 70]) if paged else (1, 0, [200, 5])
+    L = 96 if paged else 256
+    q, kn = randn(rng, (B, Lq, Hq, D), dtype), randn(rng, (B, Lq, 1, D), dtype)
+    kw = dict(causal=True) if paged else dict(softcap=15.0)
+    if paged:
+        npages = B * L // page
+        kc = randn(rng, (npages, page, 1, D), dtype)
+        table = rng.permutation(npages).astype(np.int32).reshape(B, L // page)
+        ang = rng.random((L, 32)) * 3.0
+        cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+        kw.update(block_table=table, rotary_cos=cos, rotary_sin=sin, rotary_interleaved=False)
+    else:
+        kc = randn(rng, (B, L, 1, D), dtype)
+    tkc, tkn = cuda(torch, kc, dtype), cuda(torch, kn, dtype)
+    gpu = {k: torch.from_numpy(v).cuda() if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+    out, lse = flash_attn_with_kvcache(cuda(torch, q, dtype), tkc, tkc[..., :Dv], k=tkn, v=tkn[..., :Dv],
+                                      cache_seqlens=torch.tensor(seq, dtype=torch.int32, device="cuda"),
+                                      return_softmax_lse=True, **gpu)
+    assert tuple(out.shape) == (B, Lq, Hq, Dv)
+    ref = {("interleaved" if k == "rotary_interleaved" else k): v for k, v in kw.items()}
+    _, _, k_after, _ = reference.kvcache(q, kc, None, seq, kn, None, **ref)
+    assert np.allclose(back(tkc), k_after, rtol=1e-2, atol=1e-2), "the appended (rotated) rows"
+    # out with V := K[..., :512] is the first 512 columns of out with V := K
+    check(back(out), back(lse),
+          lambda rnd: (lambda o, l: (o[..., :Dv], l))(*reference.kvcache(q, kc, None, seq, kn, None, rnd=rnd, **ref)[:2]),
+          dtype)
+
+
+def test_dense_mla(torch, rng):
+    """flash_attn_func with the MLA shape on CUDA tensors (D = 576, v = k[..., :512], one latent
+    KV head, 16 query heads, causal bottom-right with Lq < Lk): the MLA kernel through the dense
+    entry point, against the fp64 reference (V := K, first 512 output columns)."""
+    from cflash.flash_attn import flash_attn_func
+    dtype, B, Lq, Lk, Hq, D, Dv = "bfloat16", 2, 40, 150, 16, 576, 512
+    q, k = randn(rng, (B, Lq, Hq, D), dtype), randn(rng, (B, Lk, 1, D), dtype)
+    tk = cuda(torch, k, dtype)
+    out, lse, _ = flash_attn_func(cuda(torch, q, dtype), tk, tk[..., :Dv], causal=True, return_attn_probs=True)
+    assert tuple(out.shape) == (B, Lq, Hq, Dv)
+    check(back(out), back(lse), lambda rnd: (lambda o, l: (o[..., :Dv], l))(
+        *reference.dense(q, k, k, causal=True, rnd=rnd)), dtype)

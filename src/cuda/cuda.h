@@ -74,12 +74,17 @@ struct cuda_fwd {
     /* KV caches with Lq > CUDA_DECODE_MAX_LQ (decode.cu hands them here): k / v are the caches
      * ([rows, Lk = cap, H, D]), sequence b sees its first min(seqlens_k[b], Lk - seqlens_add) +
      * seqlens_add keys (the appended ones included) in cache row kv_batch_idx[b] (or b),
-     * clamped to [0, kv_rows) */
+     * clamped to [0, kv_rows); paged (block_table != NULL): key t of sequence b is row
+     * t % page_size of page block_table[b][t / page_size] (k_sb / v_sb: the page strides; the
+     * page id clamped to [0, kv_rows)) */
     const int32_t *seqlens_k;
     int64_t seqlens_k_s;
     int32_t seqlens_add;
     const int32_t *kv_batch_idx;
     int64_t kv_batch_idx_s, kv_rows;
+    const int32_t *block_table;
+    int64_t bt_sb, bt_sp;
+    int32_t page_size;
 };
 
 /* Query rows per block of the prefill kernels (every engine and head dim): a range plan's
@@ -94,7 +99,7 @@ void cuda_plan_free(int32_t device, void *dev);
 
 /* Which kernel serves `f` (select.c; the same answer decides UNSUPPORTED). Returns OK and sets
  * *config, or UNSUPPORTED with a message naming the reason. */
-enum cuda_fwd_config { CUDA_FWD_D64 = 0, CUDA_FWD_D128 = 1, CUDA_FWD_D256 = 2 };
+enum cuda_fwd_config { CUDA_FWD_D64 = 0, CUDA_FWD_D128 = 1, CUDA_FWD_D256 = 2, CUDA_FWD_MLA = 3 /* KV caches: D 576, Dv 512 */ };
 enum cflash_status cuda_fwd_select(const struct cuda_fwd *f, enum cuda_fwd_config *config);
 
 /* Which engine computes a prefill call (select.c, a pure host function): the wgmma kernel
@@ -157,7 +162,7 @@ struct cuda_kvcache {
     int32_t page_size;             /* paged: k_cache.shape[1] (capped at 2^31 - 1) */
     int32_t cap;                   /* keys one batch entry can hold (Lmax, or max_pages * page_size;
                                       capped at 2^31 - 1; 0 when the cache has no rows) */
-    const int32_t *cache_seqlens;
+    const int32_t *cache_seqlens;  /* NULL: every sequence holds cap keys (dense MLA calls, api.c) */
     int64_t seqlens_s;
     const int32_t *cache_batch_idx; /* NULL: row b */
     int64_t batch_idx_s;

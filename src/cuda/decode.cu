@@ -16,8 +16,12 @@
  * address every key row through the block table (any page size); the addressing is per row, so
  * a page of one row costs what a contiguous row costs.
  *
- * What it is not: prefill over a cache (Lq > 8 is UNSUPPORTED for now), rotary embedding, masks
- * and biases (UNSUPPORTED on CUDA tensors), or a Hopper wgmma/TMA kernel.
+ * Also here: the MLA kernel (D = 576, Dv = 512, V := K[..., :512]; any Lq), and chunked
+ * prefill (Lq > 8, other head dims): the append, q rotated into a workspace when there is
+ * rotary, then fwd_mma.cu's prefill kernel over the cache rows or pages.
+ *
+ * What it is not: masks and biases over caches (UNSUPPORTED on CUDA tensors), or a Hopper
+ * wgmma/TMA decode kernel.
  *
  * Device metadata (cache_seqlens, cache_batch_idx, block_table) is read only by the kernels,
  * never on the host: each length is clamped to the cache capacity and each row / page id to the
@@ -103,8 +107,10 @@ struct decode_plan {
 
 /* ---- the sequence of batch entry b, clamped to the tensors ---- */
 
-/* Keys already in the cache: cache_seqlens[b] clamped to [0, cap - Lnew] (host: Lnew <= cap). */
+/* Keys already in the cache: cache_seqlens[b] clamped to [0, cap - Lnew] (host: Lnew <= cap);
+ * without cache_seqlens (dense calls) cap - Lnew. */
 __device__ __forceinline__ int seq_start(const cuda_kvcache &f, int b) {
+    if (!f.cache_seqlens) return f.cap - f.Lnew; /* a dense call (MLA): every sequence full */
     const int64_t s = f.cache_seqlens[(int64_t)b * f.seqlens_s];
     const int64_t room = (int64_t)f.cap - f.Lnew;
     return (int)(s < 0 ? 0 : s > room ? room : s);
@@ -189,6 +195,199 @@ kv_append_kernel(const cuda_kvcache f) {
     }
 }
 
+/* ---- rotary q for the prefill kernel (Lq > CUDA_DECODE_MAX_LQ): q rotated into a contiguous
+ * [B, Lq, Hq, D] buffer (the decode kernels rotate their Q tile in shared memory instead), at
+ * position seq_start + i (rot_q_per_row) or seq_start, in fp32, stored in the input type ---- */
+__global__ void __launch_bounds__(APPEND_THREADS)
+rotary_q_kernel(const cuda_kvcache f, uint16_t *qr) {
+    const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const uint16_t *src = (const uint16_t *)f.q + (int64_t)b * f.q_sb + (int64_t)i * f.q_st + (int64_t)h * f.q_sh;
+    uint16_t *dst = qr + (((int64_t)b * f.Lq + i) * f.Hq + h) * f.D;
+    const int64_t pos = seq_start(f, b) + (f.rot_q_per_row ? i : 0);
+    for (int d = threadIdx.x; d < f.D; d += APPEND_THREADS) {
+        if (d >= 2 * f.rot_half) { dst[d] = src[d]; continue; }
+        const float x = to_f32(src[d], f.dtype), y = to_f32(src[rot_partner(f, d)], f.dtype);
+        dst[d] = from_f32(rotate(f, x, y, d, pos), f.dtype);
+    }
+}
+
+/* ---- what the decode and MLA kernels share ---- */
+
+/* The keys one block attends: rows r0 .. r0 + rows - 1 (packed position-major: query position
+ * i = row / G) of batch entry b, key split `split` of `splits`, in key blocks of BN keys. Visible
+ * keys of position i: [lo_of(i), hi_of(i)] around the diagonal c = i + off (64-bit: the window
+ * sides are clamped to Lq + Lk, beyond which they cut nothing). */
+struct block_keys {
+    int lk;                    /* keys of the sequence, appended ones included */
+    int64_t off, left, right;
+    int nb_lo, nb_hi;          /* this block's key blocks, cut to its rows' keys */
+    int full_lo, full_hi;      /* a key block inside [full_lo, full_hi] is seen whole by every row */
+    __device__ __forceinline__ int lo_of(int i) const {
+        const int64_t lo = left >= 0 ? i + off - left : 0;
+        return (int)(lo < 0 ? 0 : lo > lk ? lk : lo);
+    }
+    __device__ __forceinline__ int hi_of(int i) const {
+        const int64_t hi = right >= 0 ? i + off + right : (int64_t)lk - 1;
+        return (int)(hi > lk - 1 ? lk - 1 : hi < -1 ? -1 : hi);
+    }
+};
+template <int BN>
+__device__ __forceinline__ block_keys block_keys_of(const cuda_kvcache &f, int b, int r0, int rows, int G,
+                                                    int split, int splits) {
+    block_keys k;
+    k.lk = seq_start(f, b) + f.Lnew;
+    const int lq = f.Lq;
+    k.off = f.r.top_left ? 0 : (int64_t)k.lk - lq;
+    const int64_t span = (int64_t)lq + k.lk;
+    k.right = f.r.causal ? 0 : (f.r.window_right > span ? span : f.r.window_right);
+    k.left = f.r.window_left > span ? span : f.r.window_left;
+    const int i_first = r0 / G, i_last = (r0 + rows - 1) / G;
+    /* whole blocks: the splits never cut a stage */
+    const int nblk = (k.lk + BN - 1) / BN;
+    const int per = max((nblk + splits - 1) / splits, 1);
+    const int klo = k.lo_of(i_first), khi = k.hi_of(i_last);
+    k.nb_lo = max(split * per, klo / BN);
+    k.nb_hi = khi < 0 ? -1 : min(min(split * per + per, nblk) - 1, khi / BN);
+    k.full_lo = k.lo_of(i_last);
+    k.full_hi = k.hi_of(i_first);
+    return k;
+}
+
+/* The rules of one packed row rg (padding rows past the last take the last position's rules and
+ * are never stored): visible keys, ALiBi diagonal (always bottom-right) and base-2 slope. */
+struct row_rule {
+    int lo, hi;
+    int64_t diag;
+    float slope2;
+};
+__device__ __forceinline__ row_rule row_rule_of(const cuda_kvcache &f, const block_keys &k, int b, int kvh, int G, int rg) {
+    const int i = min(rg / G, f.Lq - 1), h = kvh * G + rg % G;
+    row_rule r;
+    r.lo = k.lo_of(i);
+    r.hi = k.hi_of(i);
+    r.diag = (int64_t)i + k.lk - f.Lq;
+    r.slope2 = f.r.alibi ? f.r.alibi[(int64_t)b * f.r.alibi_sb + (int64_t)h * f.r.alibi_sh] * LOG2E_F : 0.0f;
+    return r;
+}
+
+/* The scale in base 2, and where it is applied: with softcap or ALiBi (`mods`) or a scale <= 0
+ * the scores are scaled before the softmax; otherwise inside exp2 (`sc`, one FFMA a score). */
+struct score_scale {
+    float scale2, sc, softcap2, cap_in;
+    bool mods;
+};
+__device__ __forceinline__ score_scale score_scale_of(const cuda_kvcache &f) {
+    score_scale k;
+    k.scale2 = f.r.scale * LOG2E_F;
+    k.mods = f.r.softcap > 0.0f || f.r.alibi;
+    k.sc = k.mods || k.scale2 <= 0.0f ? 1.0f : k.scale2;
+    k.softcap2 = f.r.softcap * LOG2E_F;
+    k.cap_in = f.r.softcap > 0.0f ? f.r.scale / f.r.softcap : 0.0f;
+    return k;
+}
+
+/* The score rules in base 2 on one warp's accumulator tile s[NT][4] (its first `nts` n tiles):
+ * s[nt][e] is row (lane / 4 + 8 (e / 2)) with rules rr[e / 2], key c0 + nt * 8 + 2 (lane % 4) + (e & 1).
+ * Each rule is its own block-uniform loop (as fwd_mma.cu); `whole`: every row sees every key. */
+template <int NT>
+__device__ __forceinline__ void score_rules(float (&s)[NT][4], int nts, const cuda_kvcache &f, const score_scale &k,
+                                            const row_rule rr[2], int c0, bool whole, int lane) {
+    if (k.mods) {
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            if (nt >= nts) break;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float x = s[nt][e];
+                x = f.r.softcap > 0.0f ? k.softcap2 * tanhf(x * k.cap_in) : x * k.scale2;
+                if (f.r.alibi) {
+                    const int j = c0 + nt * 8 + 2 * (lane % 4) + (e & 1);
+                    x -= rr[e / 2].slope2 * fabsf((float)(j - rr[e / 2].diag));
+                }
+                s[nt][e] = x;
+            }
+        }
+    } else if (k.scale2 <= 0.0f) { /* a negative scale turns maxima into minima: scale first */
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[nt][e] *= k.scale2;
+    }
+    if (!whole) {
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int j = c0 + nt * 8 + 2 * (lane % 4) + (e & 1);
+                if (j < rr[e / 2].lo || j > rr[e / 2].hi) s[nt][e] = -INFINITY;
+            }
+    }
+}
+
+/* The block's query rows gathered from their (position, head) into the swizzled tile sQ
+ * [ROWS][DP]: zeros past the last row and past D; then, with rotary, each pair rotated in place
+ * (the copies are waited for here; no other commit group is in flight yet). */
+template <typename T, int DP, int ROWS, int THREADS>
+__device__ __forceinline__ void load_q(T *sQ, const cuda_kvcache &f, int b, int kvh, int G, int r0, int rows) {
+    constexpr int CH = DP / 8;
+    const int dq = f.D / 8;
+    for (int idx = threadIdx.x; idx < ROWS * CH; idx += THREADS) {
+        const int r = idx / CH, c = idx % CH, rg = r0 + r;
+        const bool pred = r < rows && c < dq;
+        const T *src = pred ? (const T *)f.q + (int64_t)b * f.q_sb + (int64_t)(rg / G) * f.q_st +
+                                  (int64_t)(kvh * G + rg % G) * f.q_sh + c * 8
+                            : (const T *)f.q;
+        cp_async16(sQ + swz<DP>(r, c), src, pred);
+    }
+    if (!f.rot_cos) return; /* the copies join the first stage's commit group */
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    const int seq0 = seq_start(f, b);
+    uint16_t *q16 = (uint16_t *)sQ;
+    for (int idx = threadIdx.x; idx < rows * f.rot_half; idx += THREADS) {
+        const int r = idx / f.rot_half, j = idx % f.rot_half;
+        const int64_t pos = seq0 + (f.rot_q_per_row ? (r0 + r) / G : 0);
+        const int d1 = f.rot_interleaved ? 2 * j : j, d2 = f.rot_interleaved ? 2 * j + 1 : j + f.rot_half;
+        uint16_t *p1 = q16 + swz<DP>(r, d1 >> 3) + (d1 & 7), *p2 = q16 + swz<DP>(r, d2 >> 3) + (d2 & 7);
+        const float x1 = to_f32(*p1, f.dtype), x2 = to_f32(*p2, f.dtype);
+        *p1 = from_f32(rotate(f, x1, x2, d1, pos), f.dtype);
+        *p2 = from_f32(rotate(f, x2, x1, d2, pos), f.dtype);
+    }
+    __syncthreads();
+}
+
+/* One finished pair of output columns (col, col + 1) of query row (i, h), o0 / o1 unnormalized
+ * against the row's base-2 maximum M with sum L: out and lse (one split; the sink joins the
+ * denominator here), or this split's partial state (normalized O, base-2 LSE) for the combine. */
+template <typename T>
+__device__ __forceinline__ void store_row_pair(const cuda_kvcache &f, const decode_plan &pl, int split, int b, int i,
+                                               int h, int col, float o0, float o1, float M, float L) {
+    if (pl.splits == 1) {
+        float mrow = M, factor = 1.0f, sum = L;
+        if (f.r.sinks) {
+            const float z2 = f.r.sinks[(int64_t)h * f.r.sinks_sh] * LOG2E_F;
+            const float mm = fmaxf(mrow, z2);
+            factor = mm == -INFINITY ? 0.0f : exp2f(mrow - mm);
+            sum = sum * factor + (z2 == -INFINITY ? 0.0f : exp2f(z2 - mm));
+            mrow = mm;
+        }
+        const float inv = sum > 0.0f ? factor / sum : 0.0f;
+        store_pair<T>((char *)f.out + ((int64_t)b * f.o_sb + (int64_t)i * f.o_st + (int64_t)h * f.o_sh) *
+                                          (f.out_dtype == CFLASH_DTYPE_F32 ? 4 : 2),
+                      f.out_dtype, col, o0 * inv, o1 * inv);
+        if (f.lse && col == 0)
+            f.lse[(int64_t)b * f.lse_sb + (int64_t)h * f.lse_sh + (int64_t)i * f.lse_st] =
+                sum > 0.0f ? mrow * LN2_F + logf(sum) : -INFINITY;
+    } else {
+        const int64_t nrows_all = (int64_t)f.B * f.Lq * f.Hq;
+        const int64_t n = ((int64_t)b * f.Lq + i) * f.Hq + h, at = (int64_t)split * nrows_all + n;
+        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+        *(float2 *)(pl.ws_o + at * f.Dv + col) = make_float2(o0 * inv, o1 * inv);
+        if (col == 0) pl.ws_lse[at] = L > 0.0f ? M + log2f(L) : -INFINITY;
+    }
+}
+
 /* ---- the decode kernel ----
  * grid (splits, Hk * row_tiles, B). Rows of a block: r = 0 .. rows - 1 stand for the packed
  * query row r0 + r = i * G + g (query position i, head kvh * G + g), position-major. */
@@ -211,50 +410,15 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
     const int wr = warp / WK, wk = warp % WK;   /* this warp: rows 16 wr .., keys kbase .. */
     const int nkw = DEC_BN / WK, kbase = wk * nkw;
 
-    const int lk = seq_start(f, b) + f.Lnew;    /* keys of this sequence, appended ones included */
+    const block_keys bk = block_keys_of<DEC_BN>(f, b, r0, rows, G, split, pl.splits);
+    const int lk = bk.lk, nb_lo = bk.nb_lo, nb_hi = bk.nb_hi;
     const int64_t crow = cache_row(f, b);
-
-    /* visible keys of query position i: [lo(i), hi(i)] around the diagonal c = i + off (64-bit:
-     * the window sides are clamped to Lq + Lk, beyond which they cut nothing) */
-    const int64_t off = f.r.top_left ? 0 : (int64_t)lk - lq, span = (int64_t)lq + lk;
-    const int64_t right = f.r.causal ? 0 : (f.r.window_right > span ? span : f.r.window_right);
-    const int64_t left = f.r.window_left > span ? span : f.r.window_left;
-    auto lo_of = [=](int i) -> int {
-        const int64_t lo = left >= 0 ? i + off - left : 0;
-        return (int)(lo < 0 ? 0 : lo > lk ? lk : lo);
-    };
-    auto hi_of = [=](int i) -> int {
-        const int64_t hi = right >= 0 ? i + off + right : (int64_t)lk - 1;
-        return (int)(hi > lk - 1 ? lk - 1 : hi < -1 ? -1 : hi);
-    };
-    const int i_first = r0 / G, i_last = (r0 + rows - 1) / G;
-    /* this split's key blocks (whole blocks: the splits never cut a stage), cut to the rows' keys */
-    const int nblk = (lk + DEC_BN - 1) / DEC_BN;
-    const int per = max((nblk + pl.splits - 1) / pl.splits, 1);
-    const int klo = lo_of(i_first), khi = hi_of(i_last);
-    const int nb_lo = max(split * per, klo / DEC_BN);
-    const int nb_hi = khi < 0 ? -1 : min(min(split * per + per, nblk) - 1, khi / DEC_BN);
-    /* a key block needs no per-element test when every row of the block sees all of it */
-    const int full_lo = lo_of(i_last), full_hi = hi_of(i_first);
-
-    /* this thread's two rows (lane / 4 and lane / 4 + 8 of its warp's tile); padding rows past
-     * the last one take the last position's rules and are never stored */
-    int lo_r[2], hi_r[2];
-    int64_t diag_r[2];
-    float slope2_r[2];
+    /* this thread's two rows (lane / 4 and lane / 4 + 8 of its warp's tile) */
+    row_rule rr[2];
 #pragma unroll
-    for (int hr = 0; hr < 2; hr++) {
-        const int rg = r0 + wr * 16 + lane / 4 + 8 * hr;
-        const int i = min(rg / G, lq - 1), h = kvh * G + rg % G;
-        lo_r[hr] = lo_of(i);
-        hi_r[hr] = hi_of(i);
-        diag_r[hr] = (int64_t)i + lk - lq; /* ALiBi: always the bottom-right diagonal */
-        slope2_r[hr] = f.r.alibi ? f.r.alibi[(int64_t)b * f.r.alibi_sb + (int64_t)h * f.r.alibi_sh] * LOG2E_F : 0.0f;
-    }
-    const float scale2 = f.r.scale * LOG2E_F;
-    const bool score_mods = f.r.softcap > 0.0f || f.r.alibi;
-    const float sc = score_mods || scale2 <= 0.0f ? 1.0f : scale2; /* scale left for exp2 */
-    const float softcap2 = f.r.softcap * LOG2E_F, cap_in = f.r.softcap > 0.0f ? f.r.scale / f.r.softcap : 0.0f;
+    for (int hr = 0; hr < 2; hr++) rr[hr] = row_rule_of(f, bk, b, kvh, G, r0 + wr * 16 + lane / 4 + 8 * hr);
+    const score_scale sk = score_scale_of(f);
+    const float sc = sk.sc;
     const int dq = f.D / 8, dv = f.Dv / 8;
 
     float o[DT][4];
@@ -262,32 +426,7 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
 #pragma unroll
     for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
 
-    /* Q: the block's rows gathered from their (position, head), zeros past the last row / D */
-    for (int idx = threadIdx.x; idx < DEC_ROWS * CH; idx += DEC_THREADS) {
-        const int r = idx / CH, c = idx % CH, rg = r0 + r;
-        const bool pred = r < rows && c < dq;
-        const T *src = pred ? (const T *)f.q + (int64_t)b * f.q_sb + (int64_t)(rg / G) * f.q_st +
-                                  (int64_t)(kvh * G + rg % G) * f.q_sh + c * 8
-                            : (const T *)f.q;
-        cp_async16(sQ + swz<DP>(r, c), src, pred);
-    }
-    if (f.rot_cos) { /* rotate the Q tile in place: each pair of each row by one thread */
-        cp_async_commit();
-        cp_async_wait<0>(); /* no other group is in flight yet: the stage groups come after */
-        __syncthreads();
-        const int seq0 = seq_start(f, b);
-        uint16_t *q16 = (uint16_t *)sQ;
-        for (int idx = threadIdx.x; idx < rows * f.rot_half; idx += DEC_THREADS) {
-            const int r = idx / f.rot_half, j = idx % f.rot_half;
-            const int64_t pos = seq0 + (f.rot_q_per_row ? (r0 + r) / G : 0);
-            const int d1 = f.rot_interleaved ? 2 * j : j, d2 = f.rot_interleaved ? 2 * j + 1 : j + f.rot_half;
-            uint16_t *p1 = q16 + swz<DP>(r, d1 >> 3) + (d1 & 7), *p2 = q16 + swz<DP>(r, d2 >> 3) + (d2 & 7);
-            const float x1 = to_f32(*p1, f.dtype), x2 = to_f32(*p2, f.dtype);
-            *p1 = from_f32(rotate(f, x1, x2, d1, pos), f.dtype);
-            *p2 = from_f32(rotate(f, x2, x1, d2, pos), f.dtype);
-        }
-        __syncthreads();
-    }
+    load_q<T, DP, DEC_ROWS, DEC_THREADS>(sQ, f, b, kvh, G, r0, rows);
 
     /* one stage: keys [nb * DEC_BN, + DEC_BN) of K and V into slot `slot`; keys past lk and chunks
      * past D / Dv are zero-filled. Each thread copies chunk column c of every (DEC_THREADS / CH)-th
@@ -371,37 +510,7 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
             }
         }
 
-        /* score rules in base 2 (as fwd_mma.cu: each rule its own block-uniform loop) */
-        if (score_mods) {
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) {
-                if (nt * 8 >= nkw) break;
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float x = s[nt][e];
-                    x = f.r.softcap > 0.0f ? softcap2 * tanhf(x * cap_in) : x * scale2;
-                    if (f.r.alibi) {
-                        const int j = c0 + kbase + nt * 8 + 2 * (lane % 4) + (e & 1);
-                        x -= slope2_r[e / 2] * fabsf((float)(j - diag_r[e / 2]));
-                    }
-                    s[nt][e] = x;
-                }
-            }
-        } else if (scale2 <= 0.0f) { /* a negative scale turns maxima into minima: scale first */
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) s[nt][e] *= scale2;
-        } /* else the scale is applied inside exp2 (one FFMA per score) */
-        if (!(c0 >= full_lo && c0 + DEC_BN - 1 <= full_hi)) { /* some row does not see all of it */
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int j = c0 + kbase + nt * 8 + 2 * (lane % 4) + (e & 1);
-                    if (j < lo_r[e / 2] || j > hi_r[e / 2]) s[nt][e] = -INFINITY;
-                }
-        }
+        score_rules<NT>(s, nkw / 8, f, sk, rr, c0 + kbase, c0 >= bk.full_lo && c0 + DEC_BN - 1 <= bk.full_hi, lane);
 
         /* online softmax over this warp's keys (rows are shared by the 4 lanes of a quad) */
         float corr[2];
@@ -486,7 +595,6 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
     /* one (row, column pair) per thread and step: the merged row, then out / lse (one split) or
      * this split's partial state (normalized O and base-2 LSE) for the combine kernel */
     const int pairs = f.Dv / 2;
-    const int64_t nrows_all = (int64_t)f.B * lq * f.Hq;
     for (int idx = threadIdx.x; idx < rows * pairs; idx += DEC_THREADS) {
         const int r = idx / pairs, col = 2 * (idx % pairs);
         const int w0 = (r / 16) * WK, rr = r % 16;
@@ -502,30 +610,223 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
             o0 += ov.x * e;
             o1 += ov.y * e;
         }
-        const int rg = r0 + r, i = rg / G, h = kvh * G + rg % G;
-        if (pl.splits == 1) {
-            float mrow = M, factor = 1.0f, sum = L;
-            if (f.r.sinks) { /* the sink joins the denominator only */
-                const float z2 = f.r.sinks[(int64_t)h * f.r.sinks_sh] * LOG2E_F;
-                const float mm = fmaxf(mrow, z2);
-                factor = mm == -INFINITY ? 0.0f : exp2f(mrow - mm);
-                sum = sum * factor + (z2 == -INFINITY ? 0.0f : exp2f(z2 - mm));
-                mrow = mm;
+        const int rg = r0 + r;
+        store_row_pair<T>(f, pl, split, b, rg / G, kvh * G + rg % G, col, o0, o1, M, L);
+    }
+}
+
+/* ---- the MLA kernel: D = 576, Dv = 512, V := K[..., :512] (DeepSeek's absorbed latent cache)
+ * grid (splits, Hk * row_tiles, B) as the decode kernel, 64 packed rows a block (Lq x G: 16 to
+ * 128 heads share the one latent head, so a block holds many rows). A 16-row warp cannot hold
+ * 512 output columns (256 fp32 registers a thread), so the eight warps take two roles a stage:
+ *   S = Q K^T: warp w computes rows 16 (w % 4) .. + 16 x keys 16 (w / 4) .. + 16 of the 32-key
+ *     stage; the two warps of a row group exchange row maxima through shared memory, each
+ *     keeps its own running sum over its keys, and P (rounded to T) goes to shared memory;
+ *   O += P V: warp w owns output columns 64 w .. + 64 of all 64 rows (4 x 8 mma tiles, 128
+ *     registers), rescaled by the row corrections the S warps left in shared memory.
+ * V is read from the K tile (its first 512 columns): one copy of each key row per block.
+ * Shared memory: Q 72 KB, STAGES x 36 KB of K, P 5 KB: 186 KB with 3 stages (H100), 150 KB
+ * with 2 (A100's 164 KB). Rows from query positions past Lq and keys past lk are zero and never
+ * stored; rules, sinks, splits, paging and rotary are the decode kernel's. */
+constexpr int MLA_D = 576, MLA_DV = 512;
+constexpr int MLA_ROWS = 64, MLA_BN = 32, MLA_WARPS = 8, MLA_THREADS = 32 * MLA_WARPS;
+constexpr int MLA_PS = MLA_BN + 8; /* P row stride: 80 bytes, so ldmatrix's 8 rows hit 8 bank groups */
+/* A split's partial state (64 rows x 512 fp32, written and read back: 256 KB) must stay small next
+ * to its keys (1152 bytes each): at least 256 keys a split (first measured with the decode
+ * kernel's 128: Hq 128, B 1, L 4096 ran at 76 GB/s with 32 splits) */
+constexpr int MLA_MIN_SPLIT_BLOCKS = 256 / MLA_BN;
+
+template <int STAGES>
+__host__ __device__ constexpr int mla_smem_bytes() {
+    return (MLA_ROWS + STAGES * MLA_BN) * MLA_D * 2 + MLA_ROWS * MLA_PS * 2 + 3 * MLA_ROWS * 4;
+}
+
+template <typename T, int STAGES>
+__global__ void __launch_bounds__(MLA_THREADS, 1)
+mla_kernel(const cuda_kvcache f, const decode_plan pl) {
+    constexpr int STAGE = MLA_BN * MLA_D, KSTEPS = MLA_D / 16;
+    static_assert(MLA_THREADS == 8 * MLA_BN && MLA_D % 64 == 0, "a stage row is 8 threads x 9 chunks");
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    T *sQ = (T *)smem_raw, *sK = sQ + MLA_ROWS * MLA_D, *sP = sK + STAGES * STAGE;
+    float *sRed = (float *)(sP + MLA_ROWS * MLA_PS); /* [2][ROWS]: the two S warps' row maxima, then sums */
+    float *sRow = sRed + 2 * MLA_ROWS;               /* [ROWS]: a stage's corrections, then the final maxima */
+
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int split = blockIdx.x, tile = blockIdx.y % pl.row_tiles, kvh = blockIdx.y / pl.row_tiles;
+    const int b = blockIdx.z;
+    const int G = f.Hq / f.Hk, r0 = tile * MLA_ROWS, rows = min(f.Lq * G - r0, MLA_ROWS);
+    const int wr = warp % 4, wk = warp / 4; /* S role: rows 16 wr .., keys 16 wk .. of a stage */
+
+    const block_keys bk = block_keys_of<MLA_BN>(f, b, r0, rows, G, split, pl.splits);
+    const int64_t crow = cache_row(f, b);
+    row_rule rr[2];
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) rr[hr] = row_rule_of(f, bk, b, kvh, G, r0 + wr * 16 + lane / 4 + 8 * hr);
+    const score_scale sk = score_scale_of(f);
+
+    float o[4][8][4]; /* O role: rows 16 mt + lane / 4 (+ 8), columns 64 warp + 8 nt + 2 (lane % 4) */
+#pragma unroll
+    for (int mt = 0; mt < 4; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) o[mt][nt][0] = o[mt][nt][1] = o[mt][nt][2] = o[mt][nt][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* S role: this warp's two rows */
+
+    load_q<T, MLA_D, MLA_ROWS, MLA_THREADS>(sQ, f, b, kvh, G, r0, rows);
+
+    /* a stage: 32 key rows, 8 threads a row (chunks lc, lc + 8, ...), so each thread computes one
+     * row address a stage; paged: its block-table entry read one stage ahead (as the decode kernel) */
+    const T *kc = (const T *)f.k_cache + (int64_t)kvh * f.kc_sh;
+    const int lr = threadIdx.x / 8, lc = threadIdx.x % 8;
+    int32_t page = 0;
+    auto read_page = [&](int nb) {
+        const int t = nb * MLA_BN + lr;
+        page = f.block_table && t < bk.lk && nb <= bk.nb_hi
+                   ? f.block_table[(int64_t)b * f.bt_sb + (int64_t)(t / f.page_size) * f.bt_sp] : 0;
+    };
+    auto load_stage = [&](int nb, int slot) {
+        T *dst = sK + slot * STAGE;
+        const int t = nb * MLA_BN + lr;
+        const bool valid = t < bk.lk;
+        int64_t row = crow, pos = t;
+        if (f.block_table) {
+            row = page < 0 ? 0 : page >= f.num_rows ? f.num_rows - 1 : page;
+            pos = t % f.page_size;
+        }
+        const T *src = kc + row * f.kc_sb + pos * f.kc_st;
+#pragma unroll
+        for (int j = 0; j < MLA_D / 64; j++) {
+            const int c = lc + 8 * j;
+            cp_async16(dst + swz<MLA_D>(lr, c), valid ? src + c * 8 : kc, valid);
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        read_page(bk.nb_lo + s);
+        if (bk.nb_lo + s <= bk.nb_hi) load_stage(bk.nb_lo + s, s);
+        cp_async_commit();
+    }
+    read_page(bk.nb_lo + STAGES - 1);
+
+    for (int nb = bk.nb_lo; nb <= bk.nb_hi; nb++) {
+        const int it = nb - bk.nb_lo, c0 = nb * MLA_BN;
+        cp_async_wait<STAGES - 2>();
+        __syncthreads(); /* stage nb landed; every warp is done with stage nb - 1, its P and corrections */
+        if (nb + STAGES - 1 <= bk.nb_hi) load_stage(nb + STAGES - 1, (it + STAGES - 1) % STAGES);
+        cp_async_commit();
+        read_page(nb + STAGES);
+        const T *cur = sK + (it % STAGES) * STAGE;
+
+        /* S role: 16 rows x 16 keys over all 576 columns */
+        float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll 4
+        for (int k16 = 0; k16 < KSTEPS; k16++) {
+            uint32_t a[4], bq[4];
+            ldmatrix_x4(a, sQ + swz<MLA_D>(wr * 16 + lane % 16, k16 * 2 + lane / 16));
+            ldmatrix_x4(bq, cur + swz<MLA_D>(wk * 16 + (lane / 16) * 8 + lane % 8, k16 * 2 + (lane / 8) % 2));
+            mma_m16n8k16(s[0], a, bq[0], bq[1], T());
+            mma_m16n8k16(s[1], a, bq[2], bq[3], T());
+        }
+        score_rules<2>(s, 2, f, sk, rr, c0 + wk * 16, c0 >= bk.full_lo && c0 + MLA_BN - 1 <= bk.full_hi, lane);
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            float mx = fmaxf(fmaxf(s[0][2 * hr], s[0][2 * hr + 1]), fmaxf(s[1][2 * hr], s[1][2 * hr + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            if (lane % 4 == 0) sRed[wk * MLA_ROWS + wr * 16 + lane / 4 + 8 * hr] = mx;
+        }
+        __syncthreads(); /* both halves' maxima */
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            const int row = wr * 16 + lane / 4 + 8 * hr;
+            const float mx = fmaxf(sRed[row], sRed[MLA_ROWS + row]);
+            const float mnew = fmaxf(m[hr], mx * sk.sc);
+            const float muse = mnew == -INFINITY ? 0.0f : mnew; /* no key yet: keep exp2 finite */
+            const float corr = exp2f(m[hr] - muse);
+            m[hr] = mnew;
+            float sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                s[nt][2 * hr] = exp2f(fmaf(s[nt][2 * hr], sk.sc, -muse));
+                s[nt][2 * hr + 1] = exp2f(fmaf(s[nt][2 * hr + 1], sk.sc, -muse));
+                sum += s[nt][2 * hr] + s[nt][2 * hr + 1];
+                *(uint32_t *)(sP + row * MLA_PS + wk * 16 + nt * 8 + 2 * (lane % 4)) =
+                    pack2(s[nt][2 * hr], s[nt][2 * hr + 1], T());
             }
-            const float inv = sum > 0.0f ? factor / sum : 0.0f;
-            store_pair<T>((char *)f.out + ((int64_t)b * f.o_sb + (int64_t)i * f.o_st + (int64_t)h * f.o_sh) *
-                                              (f.out_dtype == CFLASH_DTYPE_F32 ? 4 : 2),
-                          f.out_dtype, col, o0 * inv, o1 * inv);
-            if (f.lse && col == 0)
-                f.lse[(int64_t)b * f.lse_sb + (int64_t)h * f.lse_sh + (int64_t)i * f.lse_st] =
-                    sum > 0.0f ? mrow * LN2_F + logf(sum) : -INFINITY;
-        } else {
-            const int64_t n = ((int64_t)b * lq + i) * f.Hq + h, at = (int64_t)split * nrows_all + n;
-            const float inv = L > 0.0f ? 1.0f / L : 0.0f;
-            *(float2 *)(pl.ws_o + at * f.Dv + col) = make_float2(o0 * inv, o1 * inv);
-            if (col == 0) pl.ws_lse[at] = L > 0.0f ? M + log2f(L) : -INFINITY;
+            l[hr] = l[hr] * corr + sum;
+            if (wk == 0 && lane % 4 == 0) sRow[row] = corr;
+        }
+        __syncthreads(); /* P and the corrections */
+
+        /* O role: rescale, then O += P V over the stage's 32 keys */
+        float cr[4][2];
+        bool moved = false;
+#pragma unroll
+        for (int mt = 0; mt < 4; mt++)
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                cr[mt][hr] = sRow[mt * 16 + lane / 4 + 8 * hr];
+                moved |= cr[mt][hr] != 1.0f;
+            }
+        if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+            for (int mt = 0; mt < 4; mt++)
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++) {
+                    o[mt][nt][0] *= cr[mt][0];
+                    o[mt][nt][1] *= cr[mt][0];
+                    o[mt][nt][2] *= cr[mt][1];
+                    o[mt][nt][3] *= cr[mt][1];
+                }
+        }
+#pragma unroll
+        for (int k16 = 0; k16 < MLA_BN / 16; k16++) {
+            uint32_t bv[4][4];
+#pragma unroll
+            for (int np = 0; np < 4; np++)
+                ldmatrix_x4_trans(bv[np], cur + swz<MLA_D>(k16 * 16 + ((lane / 8) % 2) * 8 + lane % 8,
+                                                            warp * 8 + np * 2 + lane / 16));
+#pragma unroll
+            for (int mt = 0; mt < 4; mt++) {
+                uint32_t a[4];
+                ldmatrix_x4(a, sP + (mt * 16 + lane % 16) * MLA_PS + k16 * 16 + (lane / 16) * 8);
+#pragma unroll
+                for (int np = 0; np < 4; np++) {
+                    mma_m16n8k16(o[mt][2 * np], a, bv[np][0], bv[np][1], T());
+                    mma_m16n8k16(o[mt][2 * np + 1], a, bv[np][2], bv[np][3], T());
+                }
+            }
         }
     }
+
+    /* each row's maximum and its two warps' sums, then every warp stores its columns */
+    cp_async_wait<0>();
+    __syncthreads();
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        float sum = l[hr];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const int row = wr * 16 + lane / 4 + 8 * hr;
+        if (lane % 4 == 0) {
+            sRed[wk * MLA_ROWS + row] = sum;
+            if (wk == 0) sRow[row] = m[hr];
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int mt = 0; mt < 4; mt++)
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            const int row = mt * 16 + lane / 4 + 8 * hr;
+            if (row >= rows) continue;
+            const float M = sRow[row], L = sRed[row] + sRed[MLA_ROWS + row];
+            const int rg = r0 + row;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+                store_row_pair<T>(f, pl, split, b, rg / G, kvh * G + rg % G, warp * 64 + nt * 8 + 2 * (lane % 4),
+                                  o[mt][nt][2 * hr], o[mt][nt][2 * hr + 1], M, L);
+        }
 }
 
 /* ---- combine: the splits' partial states of one query row (SPEC.md section 7, n-way), plus
@@ -578,15 +879,15 @@ decode_combine_kernel(const cuda_kvcache f, const decode_plan pl) {
 /* Key splits (flash-decoding), FlashAttention-2's rule on this kernel's numbers: none when the
  * blocks of the call already fill 80% of the blocks the GPU holds at once (`slots`); else the
  * smallest split count whose wave efficiency (blocks * s / slots over its ceiling) is within 5%
- * of the best, at most HEURISTIC_MAX_SPLITS and at most one split per MIN_SPLIT_BLOCKS key
+ * of the best, at most HEURISTIC_MAX_SPLITS and at most one split per min_split_blocks key
  * blocks of capacity. Worked (H100, 132 SMs, D = 128: 2 blocks per SM, 264 slots):
  *   Hq:Hk 32:8, B = 1, L = 32k: 8 blocks; s = 32 gives 256 blocks, efficiency 0.97 (s = 33
  *     would fill 264 exactly; 0.97 is within 5%), 1024 keys per split;
  *   B = 8: 64 blocks, s = 4 (256 blocks, 0.97); B = 4, Hk = 8: 32 blocks, s = 8;
  *   B = 32, Hk = 8: 256 blocks >= 0.8 * 264: no split. */
-int decode_num_splits(int64_t blocks, int64_t slots, int64_t cap_blocks) {
+int decode_num_splits(int64_t blocks, int64_t slots, int64_t cap_blocks, int min_split_blocks) {
     if (blocks <= 0 || slots <= 0 || blocks * 5 >= slots * 4) return 1;
-    int64_t smax = cap_blocks / MIN_SPLIT_BLOCKS;
+    int64_t smax = cap_blocks / min_split_blocks;
     smax = smax < 1 ? 1 : smax > HEURISTIC_MAX_SPLITS ? HEURISTIC_MAX_SPLITS : smax;
     double eff[HEURISTIC_MAX_SPLITS + 1], best = 0.0;
     for (int s = 1; s <= smax; s++) {
@@ -615,17 +916,16 @@ enum cflash_status device_error(const char *what, cudaError_t err) {
     return cflash_set_error(CFLASH_STATUS_DEVICE_ERROR, "q: CUDA %s failed: %s", what, cudaGetErrorString(err));
 }
 
-template <typename T, int DP>
-enum cflash_status launch_decode(const cuda_kvcache *f) {
-    if (f->B <= 0 || (f->Lq <= 0 && f->Lnew <= 0)) return CFLASH_STATUS_OK;
+typedef void (*kv_kernel)(const cuda_kvcache, const decode_plan);
+
+/* One attention call over a cache with `kernel` (`threads` a block, `bytes` of shared memory, `bn`
+ * keys a stage, pl.row_tiles / row_groups set): the split count, the workspace, then the append,
+ * the kernel and the combine on f->stream. */
+template <typename T>
+enum cflash_status launch_kv(const cuda_kvcache *f, kv_kernel kernel, int threads, int bytes, int bn, int min_split_blocks,
+                             decode_plan pl) {
     const cudaStream_t stream = (cudaStream_t)f->stream;
-    constexpr int bytes = decode_smem_bytes<DP>();
-    decode_plan pl;
     pl.ws_o = pl.ws_lse = NULL;
-    const int64_t R = (int64_t)f->Lq * (f->Hq / f->Hk);
-    pl.row_tiles = (int)((R + DEC_ROWS - 1) / DEC_ROWS);
-    const int64_t mtiles = ((R < DEC_ROWS ? R : DEC_ROWS) + 15) / 16;
-    pl.row_groups = mtiles <= 1 ? 1 : mtiles <= 2 ? 2 : 4;
     pl.splits = 1;
 
     /* everything that can fail before anything is written: attributes, occupancy, workspace */
@@ -634,16 +934,14 @@ enum cflash_status launch_decode(const cuda_kvcache *f) {
         int dev = 0, sms = 0, per_sm = 0;
         err = cudaGetDevice(&dev);
         if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-        if (err == cudaSuccess)
-            err = cudaFuncSetAttribute(decode_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-        if (err == cudaSuccess)
-            err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_kernel<T, DP>, DEC_THREADS, bytes);
+        if (err == cudaSuccess) err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+        if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, bytes);
         if (err != cudaSuccess) return device_error("setup of the decode kernel", err);
         const int forced = decode_forced_splits();
         const int64_t blocks = (int64_t)f->B * f->Hk * pl.row_tiles;
         pl.splits = forced ? forced
                            : decode_num_splits(blocks, (int64_t)sms * (per_sm > 0 ? per_sm : 1),
-                                               ((int64_t)f->cap + DEC_BN - 1) / DEC_BN);
+                                               ((int64_t)f->cap + bn - 1) / bn, min_split_blocks);
         if (((int64_t)f->B * f->Lq * f->Hq + COMBINE_WARPS - 1) / COMBINE_WARPS > INT32_MAX)
             pl.splits = 1; /* the combine grid would not fit (only with a forced split count) */
         if (pl.splits > 1) {
@@ -668,7 +966,7 @@ enum cflash_status launch_decode(const cuda_kvcache *f) {
     }
     if (err == cudaSuccess && f->Lq > 0) {
         const dim3 grid((unsigned)pl.splits, (unsigned)(f->Hk * pl.row_tiles), (unsigned)f->B);
-        decode_kernel<T, DP><<<grid, DEC_THREADS, bytes, stream>>>(*f, pl);
+        kernel<<<grid, threads, bytes, stream>>>(*f, pl);
         err = cudaGetLastError();
         if (err == cudaSuccess && pl.splits > 1) {
             const int64_t nrows_all = (int64_t)f->B * f->Lq * f->Hq;
@@ -684,61 +982,121 @@ enum cflash_status launch_decode(const cuda_kvcache *f) {
     return CFLASH_STATUS_OK;
 }
 
+template <typename T, int DP>
+enum cflash_status launch_decode(const cuda_kvcache *f) {
+    if (f->B <= 0 || (f->Lq <= 0 && f->Lnew <= 0)) return CFLASH_STATUS_OK;
+    decode_plan pl;
+    const int64_t R = (int64_t)f->Lq * (f->Hq / f->Hk);
+    pl.row_tiles = (int)((R + DEC_ROWS - 1) / DEC_ROWS);
+    const int64_t mtiles = ((R < DEC_ROWS ? R : DEC_ROWS) + 15) / 16;
+    pl.row_groups = mtiles <= 1 ? 1 : mtiles <= 2 ? 2 : 4;
+    return launch_kv<T>(f, decode_kernel<T, DP>, DEC_THREADS, decode_smem_bytes<DP>(), DEC_BN, MIN_SPLIT_BLOCKS, pl);
+}
+
+/* MLA: three stages where the GPU gives a block 186 KB of shared memory (sm_90), else two */
+template <typename T>
+enum cflash_status launch_mla(const cuda_kvcache *f) {
+    if (f->B <= 0 || (f->Lq <= 0 && f->Lnew <= 0)) return CFLASH_STATUS_OK;
+    decode_plan pl;
+    pl.row_tiles = (int)(((int64_t)f->Lq * (f->Hq / f->Hk) + MLA_ROWS - 1) / MLA_ROWS);
+    pl.row_groups = 4;
+    int dev = 0, optin = 0;
+    cudaError_t err = cudaGetDevice(&dev);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (err != cudaSuccess) return device_error("setup of the MLA kernel", err);
+    if (optin >= mla_smem_bytes<3>())
+        return launch_kv<T>(f, mla_kernel<T, 3>, MLA_THREADS, mla_smem_bytes<3>(), MLA_BN, MLA_MIN_SPLIT_BLOCKS, pl);
+    if (optin >= mla_smem_bytes<2>())
+        return launch_kv<T>(f, mla_kernel<T, 2>, MLA_THREADS, mla_smem_bytes<2>(), MLA_BN, MLA_MIN_SPLIT_BLOCKS, pl);
+    return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA MLA kernel needs %d bytes of shared memory per block; this GPU gives %d",
+                            mla_smem_bytes<2>(), optin);
+}
+
 } /* namespace */
 
 extern "C" enum cflash_status cuda_kvcache_select(const struct cuda_kvcache *f, enum cuda_fwd_config *config) {
-    const bool prefill = f->Lq > CUDA_DECODE_MAX_LQ; /* the prefill kernel serves longer queries */
-    if (prefill && f->block_table)
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "block_table: KV-cache calls on CUDA tensors with Lq > %d (chunked prefill) take contiguous caches; paged caches serve Lq <= %d", CUDA_DECODE_MAX_LQ, CUDA_DECODE_MAX_LQ);
-    if (prefill && f->rot_cos)
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "rotary_cos: KV-cache calls on CUDA tensors with Lq > %d (chunked prefill) take no rotary embedding yet; Lq <= %d does", CUDA_DECODE_MAX_LQ, CUDA_DECODE_MAX_LQ);
     const struct cuda_rows rows[3] = {{f->q, f->q_sb, f->q_st, f->q_sh, "q"},
                                       {f->k_cache, f->kc_sb, f->kc_st, f->kc_sh, "k_cache"},
                                       {f->v_cache, f->vc_sb, f->vc_st, f->vc_sh, "v_cache"}};
     int dmax;
-    const enum cflash_status st = cuda_check_common(f->dtype, f->D, f->Dv, rows, f->out, f->out_dtype, f->o_sb,
-                                                    f->o_st, f->o_sh, &dmax);
+    enum cflash_status st = cuda_check_common(f->dtype, f->D, f->Dv, rows, f->out, f->out_dtype, f->o_sb,
+                                              f->o_st, f->o_sh, &dmax);
     if (st) return st;
     if (f->B > 65535)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 sequences, got %d", (int)f->B);
-    if (prefill) {
-        *config = dmax <= 64 ? CUDA_FWD_D64 : dmax <= 128 ? CUDA_FWD_D128 : CUDA_FWD_D256;
+    if (f->cap > DECODE_MAX_KEYS)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "k_cache: the CUDA decode kernels take caches of at most %lld keys per sequence, this one holds %lld", (long long)DECODE_MAX_KEYS, (long long)f->cap);
+    const int64_t R = (int64_t)f->Lq * (f->Hq / f->Hk);
+    if (dmax > 256) { /* the MLA shape (cuda_check_common lets no other past 256): every Lq, any cache */
+        if (!f->v_is_k)
+            return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "v_cache: the CUDA MLA kernel (D = %d, Dv = %d) reads V as the first %d columns of K: pass v_cache as a view of k_cache (k_cache[..., :%d]) or none", MLA_D, MLA_DV, MLA_DV, MLA_DV);
+        if ((int64_t)f->Hk * ((R + MLA_ROWS - 1) / MLA_ROWS) > 65535)
+            return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA MLA kernel takes at most 65535 KV heads x row tiles of %d query rows (Lq x Hq / Hk)", MLA_ROWS);
+        *config = CUDA_FWD_MLA;
         return CFLASH_STATUS_OK;
     }
-    const int64_t R = (int64_t)f->Lq * (f->Hq / f->Hk), tiles = (R + DEC_ROWS - 1) / DEC_ROWS;
-    if ((int64_t)f->Hk * tiles > 65535)
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "k_cache: the CUDA decode kernel takes at most 65535 KV heads x row tiles of %d query rows, got %lld", DEC_ROWS, (long long)(f->Hk * tiles));
-    if (f->cap > DECODE_MAX_KEYS)
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "k_cache: the CUDA decode kernel takes caches of at most %lld keys per sequence, this one holds %lld", (long long)DECODE_MAX_KEYS, (long long)f->cap);
+    /* Lq > CUDA_DECODE_MAX_LQ: the prefill kernel (its limits are cuda_fwd_select's: B, Hq <= 65535
+     * checked here and by api.c, Lq and the capacity below 2^31 by construction) */
+    if (f->Lq <= CUDA_DECODE_MAX_LQ && (int64_t)f->Hk * ((R + DEC_ROWS - 1) / DEC_ROWS) > 65535) {
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "k_cache: the CUDA decode kernel takes at most 65535 KV heads x row tiles of %d query rows, got %lld", DEC_ROWS, (long long)(f->Hk * ((R + DEC_ROWS - 1) / DEC_ROWS)));
+    }
     *config = dmax <= 64 ? CUDA_FWD_D64 : dmax <= 128 ? CUDA_FWD_D128 : CUDA_FWD_D256;
     return CFLASH_STATUS_OK;
 }
 
-/* Lq > CUDA_DECODE_MAX_LQ: append, then the prefill kernel over each sequence's cache row */
+/* Lq > CUDA_DECODE_MAX_LQ: append, q rotated into a workspace (rotary), then the prefill kernel
+ * over each sequence's cache row or pages */
 static enum cflash_status launch_cache_prefill(const cuda_kvcache *f, enum cuda_fwd_config config) {
-    if (f->Lnew > 0) {
-        (void)cudaGetLastError();
-        kv_append_kernel<<<dim3((unsigned)f->Lnew, (unsigned)f->Hk, (unsigned)f->B), APPEND_THREADS, 0, (cudaStream_t)f->stream>>>(*f);
-        const cudaError_t err = cudaGetLastError();
-        if (err != cudaSuccess) return device_error("launch of the append kernel", err);
+    const cudaStream_t stream = (cudaStream_t)f->stream;
+    uint16_t *qr = NULL;
+    if (f->rot_cos && f->Lq > 0) {
+        const size_t bytes = (size_t)f->B * (size_t)f->Lq * (size_t)f->Hq * (size_t)f->D * 2;
+        const cudaError_t err = cudaMallocAsync((void **)&qr, bytes, stream);
+        if (err == cudaErrorMemoryAllocation) {
+            (void)cudaGetLastError();
+            return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "q: cannot allocate the %zu-byte rotated-q workspace", bytes);
+        }
+        if (err != cudaSuccess) return device_error("workspace allocation (cudaMallocAsync)", err);
     }
-    struct cuda_fwd g;
-    memset(&g, 0, sizeof g);
-    g.q = f->q; g.k = f->k_cache; g.v = f->v_cache; g.out = f->out; g.lse = f->lse;
-    g.dtype = f->dtype; g.out_dtype = f->out_dtype;
-    g.q_sb = f->q_sb; g.q_st = f->q_st; g.q_sh = f->q_sh;
-    g.k_sb = f->kc_sb; g.k_st = f->kc_st; g.k_sh = f->kc_sh;
-    g.v_sb = f->vc_sb; g.v_st = f->vc_st; g.v_sh = f->vc_sh;
-    g.o_sb = f->o_sb; g.o_st = f->o_st; g.o_sh = f->o_sh;
-    g.lse_sb = f->lse_sb; g.lse_sh = f->lse_sh; g.lse_st = f->lse_st;
-    g.B = f->B; g.Hq = f->Hq; g.Hk = f->Hk; g.D = f->D; g.Dv = f->Dv;
-    g.Lq = f->Lq; g.Lk = f->cap;
-    g.r = f->r;
-    g.seqlens_k = f->cache_seqlens; g.seqlens_k_s = f->seqlens_s; g.seqlens_add = f->Lnew;
-    g.kv_batch_idx = f->cache_batch_idx; g.kv_batch_idx_s = f->batch_idx_s; g.kv_rows = f->num_rows;
-    g.device_id = f->device_id;
-    g.stream = f->stream;
-    return cuda_fwd_launch(&g, config);
+    (void)cudaGetLastError();
+    cudaError_t err = cudaSuccess;
+    if (f->Lnew > 0) {
+        kv_append_kernel<<<dim3((unsigned)f->Lnew, (unsigned)f->Hk, (unsigned)f->B), APPEND_THREADS, 0, stream>>>(*f);
+        err = cudaGetLastError();
+    }
+    if (err == cudaSuccess && qr) { /* after the append: both read seq_start, neither changes it */
+        rotary_q_kernel<<<dim3((unsigned)f->Lq, (unsigned)f->Hq, (unsigned)f->B), APPEND_THREADS, 0, stream>>>(*f, qr);
+        err = cudaGetLastError();
+    }
+    enum cflash_status st = CFLASH_STATUS_OK;
+    if (err != cudaSuccess) {
+        st = device_error("launch of the append / rotary kernels", err);
+    } else {
+        struct cuda_fwd g;
+        memset(&g, 0, sizeof g);
+        g.q = qr ? (const void *)qr : f->q; g.k = f->k_cache; g.v = f->v_cache; g.out = f->out; g.lse = f->lse;
+        g.dtype = f->dtype; g.out_dtype = f->out_dtype;
+        if (qr) { g.q_sh = f->D; g.q_st = (int64_t)f->Hq * f->D; g.q_sb = (int64_t)f->Lq * g.q_st; }
+        else { g.q_sb = f->q_sb; g.q_st = f->q_st; g.q_sh = f->q_sh; }
+        g.k_sb = f->kc_sb; g.k_st = f->kc_st; g.k_sh = f->kc_sh;
+        g.v_sb = f->vc_sb; g.v_st = f->vc_st; g.v_sh = f->vc_sh;
+        g.o_sb = f->o_sb; g.o_st = f->o_st; g.o_sh = f->o_sh;
+        g.lse_sb = f->lse_sb; g.lse_sh = f->lse_sh; g.lse_st = f->lse_st;
+        g.B = f->B; g.Hq = f->Hq; g.Hk = f->Hk; g.D = f->D; g.Dv = f->Dv;
+        g.Lq = f->Lq; g.Lk = f->cap;
+        g.r = f->r;
+        g.seqlens_k = f->cache_seqlens; g.seqlens_k_s = f->seqlens_s; g.seqlens_add = f->Lnew;
+        g.kv_batch_idx = f->cache_batch_idx; g.kv_batch_idx_s = f->batch_idx_s; g.kv_rows = f->num_rows;
+        g.block_table = f->block_table; g.bt_sb = f->bt_sb; g.bt_sp = f->bt_sp; g.page_size = f->page_size;
+        g.device_id = f->device_id;
+        g.stream = f->stream;
+        st = cuda_fwd_launch(&g, config);
+    }
+    if (qr) { /* stream-ordered: freed after the prefill kernel has read it */
+        const cudaError_t e2 = cudaFreeAsync(qr, stream);
+        if (!st && e2 != cudaSuccess) st = device_error("workspace release (cudaFreeAsync)", e2);
+    }
+    return st;
 }
 
 extern "C" enum cflash_status cuda_kvcache_launch(const struct cuda_kvcache *f, enum cuda_fwd_config config) {
@@ -747,6 +1105,11 @@ extern "C" enum cflash_status cuda_kvcache_launch(const struct cuda_kvcache *f, 
     int prev;
     enum cflash_status st = cuda_device_enter("q", f->device_id, &prev);
     if (st) return st;
+    if (config == CUDA_FWD_MLA) {
+        st = bf ? launch_mla<__nv_bfloat16>(f) : launch_mla<__half>(f);
+        cuda_device_leave(f->device_id, prev);
+        return st;
+    }
     if (f->Lq > CUDA_DECODE_MAX_LQ) {
         st = launch_cache_prefill(f, config);
         cuda_device_leave(f->device_id, prev);

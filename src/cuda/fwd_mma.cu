@@ -74,6 +74,32 @@ __device__ __forceinline__ void load_tile(uint32_t s, const T *g, int64_t stride
     }
 }
 
+/* load_tile over a paged cache: row r is key t0 + r of the sequence whose block-table row is
+ * `table` (entries `table_s` apart), at page id (clamped to [0, pages)) x page_stride + (key %
+ * page_size) x stride. One table read per copied row: the GENERAL variant's path only. */
+template <typename T, int DP, int ROWS, int THREADS, bool WG>
+__device__ __forceinline__ void load_tile_paged(uint32_t s, const T *g, int64_t page_stride, int64_t stride,
+                                                const int32_t *table, int64_t table_s, int page_size, int64_t pages,
+                                                int t0, int valid_rows, int chunks, const T *safe) {
+    constexpr int CH = DP / 8, RSTEP = THREADS / CH, ITERS = ROWS * CH / THREADS;
+    static_assert(THREADS % CH == 0 && (ROWS * CH) % THREADS == 0 && RSTEP % 8 == 0, "tile and block do not divide");
+    const int c = threadIdx.x % CH, r0 = threadIdx.x / CH;
+    const bool chunk_ok = c < chunks;
+#pragma unroll
+    for (int it = 0; it < ITERS; it++) {
+        const int r = r0 + it * RSTEP;
+        const bool pred = chunk_ok && r < valid_rows;
+        const T *gp = safe;
+        if (pred) {
+            const int t = t0 + r;
+            int64_t id = table[(int64_t)(t / page_size) * table_s];
+            id = id < 0 ? 0 : id >= pages ? pages - 1 : id;
+            gp = g + id * page_stride + (int64_t)(t % page_size) * stride + c * 8;
+        }
+        cp_async16(tile_addr<DP, ROWS, WG>(s, r, c), gp, pred);
+    }
+}
+
 /* one mask (uint8) or bias element as fp32 */
 static __device__ __forceinline__ float src_val(uint8_t x) { return (float)x; }
 static __device__ __forceinline__ float src_val(float x) { return x; }
@@ -164,7 +190,8 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             const int64_t room = f.Lk - f.seqlens_add;
             n = n < 0 ? 0 : n > room ? room : n;
             Lk = n + f.seqlens_add;
-            if (f.kv_batch_idx) {
+            if (f.block_table) kvb = 0; /* the rows come from the block table */
+            else if (f.kv_batch_idx) {
                 const int64_t r = f.kv_batch_idx[(int64_t)b * f.kv_batch_idx_s];
                 kvb = r < 0 ? 0 : r >= f.kv_rows ? f.kv_rows - 1 : r;
             }
@@ -177,6 +204,20 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     const T *Qg = (const T *)f.q + (int64_t)b * f.q_sb + (qorg + row0) * f.q_st + (int64_t)h * f.q_sh;
     const T *Kg = (const T *)f.k + kvb * f.k_sb + korg * f.k_st + (int64_t)g * f.k_sh;
     const T *Vg = (const T *)f.v + kvb * f.v_sb + korg * f.v_st + (int64_t)g * f.v_sh;
+    /* BN keys from key c0 on of K (or V) into the tile at dst: rows past the sequence zero */
+    auto load_kv = [&](uint32_t dst, bool v, int c0) {
+        const T *base = v ? Vg : Kg, *safe = (const T *)(v ? f.v : f.k);
+        const int64_t st = v ? f.v_st : f.k_st;
+        const int chunks = v ? f.Dv / 8 : f.D / 8;
+        if constexpr (GENERAL) {
+            if (f.block_table) {
+                load_tile_paged<T, DP, BN, THREADS, WG>(dst, base, v ? f.v_sb : f.k_sb, st, f.block_table + (int64_t)b * f.bt_sb,
+                                                        f.bt_sp, f.page_size, f.kv_rows, c0, (int)Lk - c0, chunks, safe);
+                return;
+            }
+        }
+        load_tile<T, DP, BN, THREADS, WG>(dst, base + (int64_t)c0 * st, st, (int)Lk - c0, chunks, safe);
+    };
 
     /* The visibility rule in force (32-bit from here on: select.c caps the token counts at
      * 2^31 - 1, and every live register counts at 255 per thread): rows [vq0, vq1) see keys
@@ -436,7 +477,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         };
         load_tile<T, DP, BM, THREADS, WG>(sQ, Qg, f.q_st, rows, dq, (const T *)f.q);
         if (si < s_end)
-            load_tile<T, DP, BN, THREADS, WG>(sK, Kg + (int64_t)nb * BN * f.k_st, f.k_st, lk - nb * BN, dq, (const T *)f.k);
+            load_kv(sK, false, nb * BN);
         cp_async_commit();
         for (; si < s_end; step++) {
             const int c0 = nb * BN;
@@ -447,8 +488,8 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             fence_proxy_async(); /* the copies are read by the tensor cores' proxy */
             __syncthreads();     /* K of this block and V of the last landed; every warpgroup is done with the buffers refilled now */
             if (nsi < s_end)
-                load_tile<T, DP, BN, THREADS, WG>(sK + prev, Kg + (int64_t)nnb * BN * f.k_st, f.k_st, lk - nnb * BN, dq, (const T *)f.k);
-            load_tile<T, DP, BN, THREADS, WG>(sV + cur, Vg + (int64_t)c0 * f.v_st, f.v_st, lk - c0, dv, (const T *)f.v);
+                load_kv(sK + prev, false, nnb * BN);
+            load_kv(sV + cur, true, c0);
             cp_async_commit();
 
             float s[MT][NT][4];
@@ -506,8 +547,8 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         load_tile<T, DP, BM, THREADS, WG>(sQ, Qg, f.q_st, rows, dq, (const T *)f.q);
         if (si < s_end) {
             const int c0 = nb * BN;
-            load_tile<T, DP, BN, THREADS, WG>(sK, Kg + (int64_t)c0 * f.k_st, f.k_st, lk - c0, dq, (const T *)f.k);
-            load_tile<T, DP, BN, THREADS, WG>(sV, Vg + (int64_t)c0 * f.v_st, f.v_st, lk - c0, dv, (const T *)f.v);
+            load_kv(sK, false, c0);
+            load_kv(sV, true, c0);
         }
         cp_async_commit();
 
@@ -521,8 +562,8 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             __syncthreads(); /* this block landed; every warp finished the last one, whose buffers are refilled now */
             if (nsi < s_end) {
                 const int c1 = nnb * BN;
-                load_tile<T, DP, BN, THREADS, WG>(sK + next, Kg + (int64_t)c1 * f.k_st, f.k_st, lk - c1, dq, (const T *)f.k);
-                load_tile<T, DP, BN, THREADS, WG>(sV + next, Vg + (int64_t)c1 * f.v_st, f.v_st, lk - c1, dv, (const T *)f.v);
+                load_kv(sK + next, false, c1);
+                load_kv(sV + next, true, c1);
             }
             cp_async_commit();
 

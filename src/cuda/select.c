@@ -26,8 +26,8 @@ enum cflash_status cuda_check_common(enum cflash_dtype dtype, int32_t D, int32_t
     if (D % 8 || Dv % 8)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend needs head dims that are multiples of 8, got D=%d, Dv=%d", (int)D, (int)Dv);
     *dmax = D > Dv ? D : Dv;
-    if (*dmax > 256)
-        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend supports head dims up to 256, got %d", *dmax);
+    if (*dmax > 256 && !(D == 576 && Dv == 512))
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes head dims up to 256 and the MLA shape D = 576, Dv = 512, got D=%d, Dv=%d", (int)D, (int)Dv);
     for (int i = 0; i < 3; i++)
         if (!aligned16(rows[i].p, rows[i].sb, rows[i].st, rows[i].sh))
             return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: the CUDA backend needs 16-byte aligned rows (pointer and strides multiples of 8 elements)", rows[i].name);
@@ -44,6 +44,8 @@ enum cflash_status cuda_fwd_select(const struct cuda_fwd *f, enum cuda_fwd_confi
     int dmax;
     enum cflash_status st = cuda_check_common(f->dtype, f->D, f->Dv, rows, f->out, f->out_dtype, f->o_sb, f->o_st, f->o_sh, &dmax);
     if (st) return st;
+    if (dmax > 256)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA prefill kernels take head dims up to 256 (api.c hands the MLA shape, D = 576 and Dv = 512, to the MLA kernel)");
     if (f->Lq > INT32_MAX || f->Lk > INT32_MAX)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 2^31 - 1 tokens per axis");
     *config = dmax <= 64 ? CUDA_FWD_D64 : dmax <= 128 ? CUDA_FWD_D128 : CUDA_FWD_D256;
