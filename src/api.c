@@ -444,6 +444,16 @@ static void cuda_rules_fill(struct cuda_rules *r, const struct cflash_attn_param
     }
 }
 
+static void cuda_scoresrc_fill(struct cuda_scoresrc *dst, const struct attn_scoresrc *src) {
+    memset(dst, 0, sizeof *dst);
+    if (!src || !src->data) return;
+    dst->data = src->data;
+    dst->dtype = src->dtype;
+    dst->sb = src->sb; dst->sh = src->sh; dst->sq = src->sq; dst->sk = src->sk;
+    dst->hdiv = src->hdiv;
+    dst->q_local = src->q_local; dst->k_local = src->k_local;
+}
+
 static void cuda_operand(const struct cflash_tensor *t, int rank, int64_t *sb, int64_t *st, int64_t *sh) {
     *sb = rank == 4 ? t->stride[0] : 0;
     *st = t->stride[rank - 3];
@@ -454,7 +464,8 @@ static enum cflash_status cuda_kvcache_route(const struct cflash_tensor *q, cons
                                              const struct cflash_tensor *k_new, const struct cflash_tensor *v_new,
                                              const struct cflash_tensor *out, const struct cflash_tensor *lse,
                                              const struct cflash_attn_params *p, int64_t Hq, int64_t Hk,
-                                             int64_t D, int64_t Dv, int64_t Lnew, int64_t room);
+                                             int64_t D, int64_t Dv, int64_t Lnew, int64_t room,
+                                             const struct attn_scoresrc *mask, const struct attn_scoresrc *bias);
 
 /* Dense (rank 4) and packed (rank 3, cu_q / cu_k on the device) calls on CUDA tensors, after
  * the checks every backend shares. Queued on p->cuda_stream; nothing waits for the GPU. The MLA
@@ -473,9 +484,9 @@ static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, co
     if (B > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 sequences, got %lld", (long long)B);
     if (Hq > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 heads, got %lld", (long long)Hq);
     if (D == 576 && Dv == 512) {
-        if (rank != 4 || (mask && mask->data) || (bias && bias->data) || slices)
-            return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA MLA kernel (D = 576, Dv = 512) serves dense and KV-cache calls without masks, biases or range plans; this one is %s",
-                                    slices ? "a range plan" : rank != 4 ? "packed (varlen)" : "masked or biased");
+        if (rank != 4 || slices)
+            return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA MLA kernel (D = 576, Dv = 512) serves dense and KV-cache calls, not %s",
+                                    slices ? "range plans" : "packed (varlen) ones");
         if (!v || v->data != k->data || v->stride[0] != k->stride[0] || v->stride[1] != k->stride[1] || v->stride[2] != k->stride[2])
             return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "v: the CUDA MLA kernel (D = 576, Dv = 512) reads V as the first 512 columns of K: pass v as a view of k (k[..., :512])");
         if (k->shape[1] > INT32_MAX)
@@ -484,7 +495,7 @@ static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, co
         memset(&full, 0, sizeof full);
         full.k_cache = k;
         full.v_cache = v;
-        return cuda_kvcache_route(q, &full, NULL, NULL, out, lse, p, Hq, Hk, D, Dv, 0, k->shape[1]);
+        return cuda_kvcache_route(q, &full, NULL, NULL, out, lse, p, Hq, Hk, D, Dv, 0, k->shape[1], mask, bias);
     }
     struct cuda_fwd f;
     memset(&f, 0, sizeof f);
@@ -510,16 +521,8 @@ static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, co
         f.max_seqlen_k = max_seqlen_k >= 0 && max_seqlen_k < f.Lk ? max_seqlen_k : f.Lk;
     }
     cuda_rules_fill(&f.r, p, D);
-    const struct attn_scoresrc *src[2] = {mask, bias};
-    struct cuda_scoresrc *dst[2] = {&f.mask, &f.bias};
-    for (int i = 0; i < 2; i++) {
-        if (!src[i] || !src[i]->data) continue;
-        dst[i]->data = src[i]->data;
-        dst[i]->dtype = src[i]->dtype;
-        dst[i]->sb = src[i]->sb; dst[i]->sh = src[i]->sh; dst[i]->sq = src[i]->sq; dst[i]->sk = src[i]->sk;
-        dst[i]->hdiv = src[i]->hdiv;
-        dst[i]->q_local = src[i]->q_local; dst[i]->k_local = src[i]->k_local;
-    }
+    cuda_scoresrc_fill(&f.mask, mask);
+    cuda_scoresrc_fill(&f.bias, bias);
     f.device_id = q->device_id;
     f.stream = p->cuda_stream;
     f.slices = slices;
@@ -734,6 +737,27 @@ static enum cflash_status kvcache_cuda_capacity(int64_t B, int64_t nrows, int64_
     return CFLASH_STATUS_OK;
 }
 
+/* Masks and biases of a KV-cache call: the DENSE layout [B|1, Hv, Lq|1, Lk|1] over each batch
+ * entry's logical key axis, which must reach maxk keys (the CPU path passes the longest
+ * sequence; the CUDA path, which cannot read cache_seqlens, passes 1: its kernels drop scores
+ * past the source's keys). */
+static enum cflash_status check_cache_scoresrcs(const struct cflash_attn_params *p, int64_t B, int64_t Hq, int64_t Hk,
+                                                int64_t Lq, int64_t maxk, struct attn_scoresrc *mask,
+                                                struct attn_scoresrc *bias) {
+    if (p->mask && p->mask_layout != CFLASH_LAYOUT_DENSE)
+        return INVALID("mask: KV-cache calls take the DENSE layout [B|1, Hv, Lq|1, Lk|1] only");
+    if (p->bias && p->bias_layout != CFLASH_LAYOUT_DENSE)
+        return INVALID("bias: KV-cache calls take the DENSE layout [B|1, Hv, Lq|1, Lk|1] only");
+    CHECK(check_scoresrc("mask", p->mask, p->mask_layout, 1, 1, B, Hq, Hk, Lq, maxk, 0, 0, mask));
+    CHECK(check_scoresrc("bias", p->bias, p->bias_layout, 0, 1, B, Hq, Hk, Lq, maxk, 0, 0, bias));
+    /* packed-style checks allow Lq|1 >= Lq; a cache call's query axis is exact */
+    if (p->mask && p->mask->shape[2] != 1 && p->mask->shape[2] != Lq)
+        return INVALID("mask: shape[2] must be 1 or Lq (%lld), got %lld", (long long)Lq, (long long)p->mask->shape[2]);
+    if (p->bias && p->bias->shape[2] != 1 && p->bias->shape[2] != Lq)
+        return INVALID("bias: shape[2] must be 1 or Lq (%lld), got %lld", (long long)Lq, (long long)p->bias->shape[2]);
+    return CFLASH_STATUS_OK;
+}
+
 #ifdef CFLASH_HAVE_CUDA
 /* KV-cache calls on CUDA tensors after every check that needs no device memory (room: the keys
  * one sequence can hold). Queued on p->cuda_stream; nothing waits for the GPU. */
@@ -741,7 +765,8 @@ static enum cflash_status cuda_kvcache_route(const struct cflash_tensor *q, cons
                                              const struct cflash_tensor *k_new, const struct cflash_tensor *v_new,
                                              const struct cflash_tensor *out, const struct cflash_tensor *lse,
                                              const struct cflash_attn_params *p, int64_t Hq, int64_t Hk,
-                                             int64_t D, int64_t Dv, int64_t Lnew, int64_t room) {
+                                             int64_t D, int64_t Dv, int64_t Lnew, int64_t room,
+                                             const struct attn_scoresrc *mask, const struct attn_scoresrc *bias) {
     if (p->kernel != CFLASH_KERNEL_AUTO)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: %s is a CPU kernel; CUDA tensors take CFLASH_KERNEL_AUTO", cflash_kernel_name(p->kernel));
     if (Hq > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 heads, got %lld", (long long)Hq);
@@ -801,8 +826,13 @@ static enum cflash_status cuda_kvcache_route(const struct cflash_tensor *q, cons
         f.rot_interleaved = cache->rotary_interleaved;
         f.rot_q_per_row = p->causal || p->window_left != -1 || p->window_right != -1;
     }
+    /* masks and biases: scores past a source's keys (only with bad cache_seqlens) are dropped */
+    cuda_scoresrc_fill(&f.mask, mask);
+    cuda_scoresrc_fill(&f.bias, bias);
+    f.mask_keys = p->mask ? (p->mask->shape[3] > 1 ? p->mask->shape[3] : INT64_MAX) : INT64_MAX;
+    f.bias_keys = p->bias ? (p->bias->shape[3] > 1 ? p->bias->shape[3] : INT64_MAX) : INT64_MAX;
     f.device_id = q->device_id;
-    f.stream = p->cuda_stream; /* masks and biases: refused before this route */
+    f.stream = p->cuda_stream;
     enum cuda_fwd_config config;
     CHECK(cuda_kvcache_select(&f, &config));
     return cuda_kvcache_launch(&f, config);
@@ -991,10 +1021,10 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
         CHECK(check_device("rotary_cos", cache->rotary_cos, q));
         CHECK(check_device("rotary_sin", cache->rotary_sin, q));
         if (cache->rotary_cos || cache->rotary_sin) CHECK(check_rotary(cache, k_new, D));
-        if (p->mask) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "mask: masks in KV-cache calls are not served by the CUDA backend yet");
-        if (p->bias) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "bias: biases in KV-cache calls are not served by the CUDA backend yet");
+        struct attn_scoresrc mask, bias;
+        CHECK(check_cache_scoresrcs(p, B, Hq, Hk, Lq, 1, &mask, &bias));
         return cuda_kvcache_route(q, cache, k_new, v_new, out, lse, p, Hq, Hk, D, Dv, Lnew,
-                                  bt ? (bt->shape[1] > cap / L1 ? cap : bt->shape[1] * L1) : L1);
+                                  bt ? (bt->shape[1] > cap / L1 ? cap : bt->shape[1] * L1) : L1, &mask, &bias);
     }
 #endif
     /* masks and biases: DENSE layout over the logical key axis of each batch entry */
@@ -1003,17 +1033,7 @@ enum cflash_status cflash_attn_kvcache(const struct cflash_tensor *q,
         int64_t maxk = 0;
         for (int64_t b = 0; b < B; b++)
             if (i32_at(cache->cache_seqlens, b) + Lnew > maxk) maxk = i32_at(cache->cache_seqlens, b) + Lnew;
-        if (p->mask && p->mask_layout != CFLASH_LAYOUT_DENSE)
-            return INVALID("mask: KV-cache calls take the DENSE layout [B|1, Hv, Lq|1, Lk|1] only");
-        if (p->bias && p->bias_layout != CFLASH_LAYOUT_DENSE)
-            return INVALID("bias: KV-cache calls take the DENSE layout [B|1, Hv, Lq|1, Lk|1] only");
-        CHECK(check_scoresrc("mask", p->mask, p->mask_layout, 1, 1, B, Hq, Hk, Lq, maxk, 0, 0, &mask));
-        CHECK(check_scoresrc("bias", p->bias, p->bias_layout, 0, 1, B, Hq, Hk, Lq, maxk, 0, 0, &bias));
-        /* packed-style checks allow Lq|1 >= Lq; a cache call's query axis is exact */
-        if (p->mask && p->mask->shape[2] != 1 && p->mask->shape[2] != Lq)
-            return INVALID("mask: shape[2] must be 1 or Lq (%lld), got %lld", (long long)Lq, (long long)p->mask->shape[2]);
-        if (p->bias && p->bias->shape[2] != 1 && p->bias->shape[2] != Lq)
-            return INVALID("bias: shape[2] must be 1 or Lq (%lld), got %lld", (long long)Lq, (long long)p->bias->shape[2]);
+        CHECK(check_cache_scoresrcs(p, B, Hq, Hk, Lq, maxk, &mask, &bias));
     }
 
     /* rotary embedding: tables, dims, and every position inside the tables */

@@ -192,11 +192,11 @@ static void misuse_dense(const void *arg)
     if (which == 4) { p.mask = &mask; want = WANT_MIXED; arg_name = "mask"; } /* a host mask for device q */
     if (which == 5) { q.stride[1] = 2 * 64 + 4; arg_name = "q"; } /* rows not 16-byte aligned */
     if (which == 6) { o.device_id = 1; want = WANT_MIXED; arg_name = "out"; }
-    if (which == 7 || which == 8) { /* MLA: masked (a device mask), or v not a view of k */
+    if (which == 7 || which == 8) { /* MLA's D with Dv 576 (not the MLA pair), or v not a view of k */
         q = dev4(dt, 1, 16, 2, 576); k = dev4(dt, 1, 16, 1, 576); o = dev4(dt, 1, 16, 2, 512);
         v = k;
         v.shape[3] = 512;
-        if (which == 7) { mask.data = FAKE; mask.device = CFLASH_DEVICE_CUDA; p.mask = &mask; }
+        if (which == 7) { v = k; o = dev4(dt, 1, 16, 2, 576); }
         else { v = dev4(dt, 1, 16, 1, 512); arg_name = "v"; }
     }
 #ifndef CFLASH_HAVE_CUDA
@@ -278,7 +278,7 @@ void register_cuda_tests(void)
     add_features();
     add_varlen();
     static const char *dense_names[9] = {"fp32", "D=20", "mixed_devices", "forced_cpu_kernel", "host_mask",
-                                         "unaligned_rows", "other_device_id", "mla_masked", "mla_separate_v"};
+                                         "unaligned_rows", "other_device_id", "mla_dv_576", "mla_separate_v"};
     for (int i = 0; i < 9; i++) {
         char name[96];
         snprintf(name, sizeof name, "cuda/misuse/dense/%s", dense_names[i]);

@@ -1314,8 +1314,8 @@ static const struct {
     [GK_D20] = {"D=20", CFLASH_STATUS_UNSUPPORTED, "q"},
     [GK_D512] = {"D=512", CFLASH_STATUS_UNSUPPORTED, "q"},
     [GK_MLA_SEPARATE_V] = {"D=576,Dv=512,separate_v_cache", CFLASH_STATUS_UNSUPPORTED, "v_cache"},
-    [GK_MASK] = {"mask", CFLASH_STATUS_UNSUPPORTED, "mask"},
-    [GK_BIAS] = {"bias", CFLASH_STATUS_UNSUPPORTED, "bias"},
+    [GK_MASK] = {"mask_key_side_layout", CFLASH_STATUS_INVALID_ARGUMENT, "mask"}, /* served in the DENSE layout */
+    [GK_BIAS] = {"bias_query_axis_2", CFLASH_STATUS_INVALID_ARGUMENT, "bias"},
     [GK_FORCED_KERNEL] = {"forced_cpu_kernel", CFLASH_STATUS_UNSUPPORTED, "kernel"},
     [GK_HOST_SEQLENS] = {"host_cache_seqlens", CFLASH_STATUS_INVALID_ARGUMENT, "cache_seqlens"},
     [GK_HOST_KCACHE] = {"host_k_cache", CFLASH_STATUS_INVALID_ARGUMENT, "k_cache"},
@@ -1385,8 +1385,8 @@ static void gmis_case(const void *arg)
         q = fake(h, 4, 2, 1, 8, 576); kc = fake(h, 4, 2, 32, 2, 576); vc = fake(h, 4, 2, 32, 2, 512);
         out = fake(h, 4, 2, 1, 8, 512); kn = fake(h, 4, 2, 1, 2, 576); vn = fake(h, 4, 2, 1, 2, 512);
         break;
-    case GK_MASK: p.mask = &mask; break;
-    case GK_BIAS: p.bias = &bias; break;
+    case GK_MASK: mask = fake(CFLASH_DTYPE_U8, 2, 64, 1, 0, 0); p.mask = &mask; p.mask_layout = CFLASH_LAYOUT_KEY_SIDE; break;
+    case GK_BIAS: bias = fake(CFLASH_DTYPE_F32, 4, 1, 1, 2, 64); p.bias = &bias; break; /* Lq = 1: shape[2] must be 1 */
     case GK_FORCED_KERNEL: p.kernel = CFLASH_KERNEL_REFERENCE; break;
     case GK_HOST_SEQLENS: seq.device = CFLASH_DEVICE_CPU; break;
     case GK_HOST_KCACHE: kc.device = CFLASH_DEVICE_CPU; break;

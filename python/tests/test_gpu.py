@@ -328,3 +328,41 @@ def test_dense_mla(torch, rng):
     assert tuple(out.shape) == (B, Lq, Hq, Dv)
     check(back(out), back(lse), lambda rnd: (lambda o, l: (o[..., :Dv], l))(
         *reference.dense(q, k, k, causal=True, rnd=rnd)), dtype)
+
+
+@pytest.mark.parametrize("case", ["decode", "decode_paged_q4", "chunked_prefill", "mla"])
+def test_kvcache_mask_bias(torch, rng, case):
+    """Boolean masks and additive biases (the dense layout over the cache's logical keys) in
+    KV-cache calls on the GPU: the decode kernel (Lq 1; Lq 4 over pages of 16), the prefill
+    kernel (Lq 20 > 8) and the MLA kernel (D 576 / Dv 512, mask only), causal, new keys appended,
+    against the fp64 reference. The sources span the capacity (96 keys); the GPU cannot check
+    them against cache_seqlens, so they must cover every sequence's keys."""
+    Lq, Lnew, page = {"decode": (1, 1, 0), "decode_paged_q4": (4, 3, 16), "chunked_prefill": (20, 20, 0),
+                      "mla": (2, 2, 0)}[case]
+    mla = case == "mla"
+    dtype, B, L = "bfloat16", 2, 96
+    Hq, Hk, D, Dv = (16, 1, 576, 512) if mla else (8, 2, 128, 128)
+    seq = [30, 70 - Lnew]
+    q = randn(rng, (B, Lq, Hq, D), dtype)
+    kn, vn = randn(rng, (B, Lnew, Hk, D), dtype), randn(rng, (B, Lnew, Hk, Dv), dtype)
+    if page:
+        npages = B * L // page
+        kc, vc = randn(rng, (npages, page, Hk, D), dtype), randn(rng, (npages, page, Hk, Dv), dtype)
+        table = rng.permutation(npages).astype(np.int32).reshape(B, L // page)
+    else:
+        kc, vc, table = randn(rng, (B, L, Hk, D), dtype), randn(rng, (B, L, Hk, Dv), dtype), None
+    mask = rng.random((B, Hk, Lq, L)) > 0.3
+    bias = None if mla else rng.standard_normal((1, Hq, 1, L)).astype(np.float16)
+    tkc, tkn = cuda(torch, kc, dtype), cuda(torch, kn, dtype)
+    tvc, tvn = (tkc[..., :Dv], tkn[..., :Dv]) if mla else (cuda(torch, vc, dtype), cuda(torch, vn, dtype))
+    out, lse = cflash.attn_kvcache(cuda(torch, q, dtype), tkc, tvc, torch.tensor(seq, dtype=torch.int32, device="cuda"),
+                                   tkn, tvn, block_table=None if table is None else torch.from_numpy(table).cuda(),
+                                   mask=torch.from_numpy(mask).cuda(),
+                                   bias=None if bias is None else torch.from_numpy(bias).cuda(),
+                                   causal=True, return_lse=True)
+    kw = dict(block_table=table, causal=True, mask=mask, bias=None if bias is None else bias.astype(np.float64))
+    if mla:  # V := K[..., :512]: the first 512 output columns of V := K
+        ref = lambda rnd: (lambda o, l: (o[..., :Dv], l))(*reference.kvcache(q, kc, None, seq, kn, None, rnd=rnd, **kw)[:2])
+    else:
+        ref = lambda rnd: reference.kvcache(q, kc, vc, seq, kn, vn, rnd=rnd, **kw)[:2]  # noqa: E731
+    check(back(out), back(lse), ref, dtype)

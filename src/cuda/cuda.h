@@ -169,6 +169,11 @@ struct cuda_kvcache {
     const int32_t *block_table;    /* NULL: contiguous */
     int64_t bt_sb, bt_sp;
     struct cuda_rules r;
+    /* mask / bias (data NULL: none), the DENSE layout over each sequence's logical keys (q_local,
+     * k_local); a score at a key >= mask_keys / bias_keys (the sources' key extents; INT64_MAX
+     * when broadcast) is dropped: only bad cache_seqlens reach there, the host cannot check */
+    struct cuda_scoresrc mask, bias;
+    int64_t mask_keys, bias_keys;
     /* rotary embedding (rot_cos NULL: none) of the appended keys (at seq_start + t) and of q (at
      * seq_start + i when rot_q_per_row, else seq_start): [rot_rows, rot_half] tables of
      * rot_dtype; positions are clamped to [0, rot_rows) (the host cannot check them) */

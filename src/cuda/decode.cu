@@ -20,8 +20,10 @@
  * prefill (Lq > 8, other head dims): the append, q rotated into a workspace when there is
  * rotary, then fwd_mma.cu's prefill kernel over the cache rows or pages.
  *
- * What it is not: masks and biases over caches (UNSUPPORTED on CUDA tensors), or a Hopper
- * wgmma/TMA decode kernel.
+ * Masks and biases (the DENSE layout over each sequence's logical keys) are read per score in
+ * the decode and MLA kernels and by the prefill kernel's GENERAL variant.
+ *
+ * What it is not: a Hopper wgmma/TMA decode kernel.
  *
  * Device metadata (cache_seqlens, cache_batch_idx, block_table) is read only by the kernels,
  * never on the host: each length is clamped to the cache capacity and each row / page id to the
@@ -259,6 +261,7 @@ struct row_rule {
     int lo, hi;
     int64_t diag;
     float slope2;
+    int i, h;             /* query position and head (mask / bias reads) */
 };
 __device__ __forceinline__ row_rule row_rule_of(const cuda_kvcache &f, const block_keys &k, int b, int kvh, int G, int rg) {
     const int i = min(rg / G, f.Lq - 1), h = kvh * G + rg % G;
@@ -267,7 +270,20 @@ __device__ __forceinline__ row_rule row_rule_of(const cuda_kvcache &f, const blo
     r.hi = k.hi_of(i);
     r.diag = (int64_t)i + k.lk - f.Lq;
     r.slope2 = f.r.alibi ? f.r.alibi[(int64_t)b * f.r.alibi_sb + (int64_t)h * f.r.alibi_sh] * LOG2E_F : 0.0f;
+    r.i = i;
+    r.h = h;
     return r;
+}
+
+/* element `off` of a bias source as fp32 */
+/* the origin of row (b, i, h) in a mask / bias source (DENSE layout, element offsets) */
+__device__ __forceinline__ int64_t src_row(const cuda_scoresrc &src, int b, int i, int h) {
+    return (int64_t)b * src.sb + (int64_t)(h / (src.hdiv > 0 ? src.hdiv : 1)) * src.sh + (int64_t)i * src.sq;
+}
+__device__ __forceinline__ float bias_at(const cuda_scoresrc &src, int64_t off) {
+    if (src.dtype == CFLASH_DTYPE_F32) return ((const float *)src.data)[off];
+    const uint16_t bits = ((const uint16_t *)src.data)[off];
+    return src.dtype == CFLASH_DTYPE_BF16 ? __bfloat162float(__ushort_as_bfloat16(bits)) : __half2float(__ushort_as_half(bits));
 }
 
 /* The scale in base 2, and where it is applied: with softcap or ALiBi (`mods`) or a scale <= 0
@@ -279,7 +295,7 @@ struct score_scale {
 __device__ __forceinline__ score_scale score_scale_of(const cuda_kvcache &f) {
     score_scale k;
     k.scale2 = f.r.scale * LOG2E_F;
-    k.mods = f.r.softcap > 0.0f || f.r.alibi;
+    k.mods = f.r.softcap > 0.0f || f.r.alibi || f.bias.data; /* a bias is added to scaled scores */
     k.sc = k.mods || k.scale2 <= 0.0f ? 1.0f : k.scale2;
     k.softcap2 = f.r.softcap * LOG2E_F;
     k.cap_in = f.r.softcap > 0.0f ? f.r.scale / f.r.softcap : 0.0f;
@@ -291,7 +307,7 @@ __device__ __forceinline__ score_scale score_scale_of(const cuda_kvcache &f) {
  * Each rule is its own block-uniform loop (as fwd_mma.cu); `whole`: every row sees every key. */
 template <int NT>
 __device__ __forceinline__ void score_rules(float (&s)[NT][4], int nts, const cuda_kvcache &f, const score_scale &k,
-                                            const row_rule rr[2], int c0, bool whole, int lane) {
+                                            const row_rule rr[2], int b, int c0, bool whole, int lane) {
     if (k.mods) {
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
@@ -312,6 +328,29 @@ __device__ __forceinline__ void score_rules(float (&s)[NT][4], int nts, const cu
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) s[nt][e] *= k.scale2;
+    }
+    if (f.mask.data || f.bias.data) { /* SPEC section 5, after the scale, softcap and ALiBi */
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            if (nt >= nts) break;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int j = c0 + nt * 8 + 2 * (lane % 4) + (e & 1);
+                const row_rule &r = rr[e / 2];
+                float x = s[nt][e];
+                if (f.bias.data) { /* the index clamped: keys past the source are dropped */
+                    const int64_t jc = j < f.bias_keys ? j : f.bias_keys - 1;
+                    const float v = bias_at(f.bias, src_row(f.bias, b, r.i, r.h) + jc * f.bias.sk);
+                    x = j < f.bias_keys ? x + LOG2E_F * v : -INFINITY;
+                }
+                if (f.mask.data) {
+                    const int64_t jc = j < f.mask_keys ? j : f.mask_keys - 1;
+                    const uint8_t v = ((const uint8_t *)f.mask.data)[src_row(f.mask, b, r.i, r.h) + jc * f.mask.sk];
+                    if (j >= f.mask_keys || v == 0) x = -INFINITY;
+                }
+                s[nt][e] = x;
+            }
+        }
     }
     if (!whole) {
 #pragma unroll
@@ -510,7 +549,7 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
             }
         }
 
-        score_rules<NT>(s, nkw / 8, f, sk, rr, c0 + kbase, c0 >= bk.full_lo && c0 + DEC_BN - 1 <= bk.full_hi, lane);
+        score_rules<NT>(s, nkw / 8, f, sk, rr, b, c0 + kbase, c0 >= bk.full_lo && c0 + DEC_BN - 1 <= bk.full_hi, lane);
 
         /* online softmax over this warp's keys (rows are shared by the 4 lanes of a quad) */
         float corr[2];
@@ -727,7 +766,7 @@ mla_kernel(const cuda_kvcache f, const decode_plan pl) {
             mma_m16n8k16(s[0], a, bq[0], bq[1], T());
             mma_m16n8k16(s[1], a, bq[2], bq[3], T());
         }
-        score_rules<2>(s, 2, f, sk, rr, c0 + wk * 16, c0 >= bk.full_lo && c0 + MLA_BN - 1 <= bk.full_hi, lane);
+        score_rules<2>(s, 2, f, sk, rr, b, c0 + wk * 16, c0 >= bk.full_lo && c0 + MLA_BN - 1 <= bk.full_hi, lane);
 #pragma unroll
         for (int hr = 0; hr < 2; hr++) {
             float mx = fmaxf(fmaxf(s[0][2 * hr], s[0][2 * hr + 1]), fmaxf(s[1][2 * hr], s[1][2 * hr + 1]));
@@ -1088,6 +1127,13 @@ static enum cflash_status launch_cache_prefill(const cuda_kvcache *f, enum cuda_
         g.seqlens_k = f->cache_seqlens; g.seqlens_k_s = f->seqlens_s; g.seqlens_add = f->Lnew;
         g.kv_batch_idx = f->cache_batch_idx; g.kv_batch_idx_s = f->batch_idx_s; g.kv_rows = f->num_rows;
         g.block_table = f->block_table; g.bt_sb = f->bt_sb; g.bt_sp = f->bt_sp; g.page_size = f->page_size;
+        g.mask = f->mask; g.bias = f->bias;
+        { /* the prefill kernel drops scores past its key hint: the sources' key extents */
+            int64_t keys = f->cap;
+            if (f->mask.data && f->mask_keys < keys) keys = f->mask_keys;
+            if (f->bias.data && f->bias_keys < keys) keys = f->bias_keys;
+            g.max_seqlen_k = keys;
+        }
         g.device_id = f->device_id;
         g.stream = f->stream;
         st = cuda_fwd_launch(&g, config);

@@ -292,7 +292,9 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     const bool score_mods = f.r.softcap > 0.0f || f.r.alibi || (GENERAL && f.bias.data);
     /* masks and biases (SPEC section 5): this block's origin in each source */
     const bool mask_or_bias = GENERAL && (f.mask.data || f.bias.data);
-    const int64_t hint_q = f.cu_q ? f.max_seqlen_q : f.Lq, hint_k = f.cu_q ? f.max_seqlen_k : f.Lk;
+    /* the extents the sources were checked against (packed: the hints; KV caches: the sources'
+     * key extents, decode.cu) */
+    const int64_t hint_q = f.cu_q ? f.max_seqlen_q : f.Lq, hint_k = f.cu_q || f.seqlens_k ? f.max_seqlen_k : f.Lk;
     const int64_t mask_base = (int64_t)b * f.mask.sb + (int64_t)(h / (f.mask.hdiv > 0 ? f.mask.hdiv : 1)) * f.mask.sh +
                               (f.mask.q_local ? 0 : qorg) * f.mask.sq + (f.mask.k_local ? 0 : korg) * f.mask.sk;
     const int64_t bias_base = (int64_t)b * f.bias.sb + (int64_t)(h / (f.bias.hdiv > 0 ? f.bias.hdiv : 1)) * f.bias.sh +
