@@ -215,6 +215,16 @@ rotary_q_kernel(const cuda_kvcache f, uint16_t *qr) {
 
 /* ---- what the decode and MLA kernels share ---- */
 
+/* a row's value across the 4 lanes of an mma quad (the lanes holding one accumulator row) */
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
 /* The keys one block attends: rows r0 .. r0 + rows - 1 (packed position-major: query position
  * i = row / G) of batch entry b, key split `split` of `splits`, in key blocks of BN keys. Visible
  * keys of position i: [lo_of(i), hi_of(i)] around the diagonal c = i + off (64-bit: the window
@@ -479,13 +489,17 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
     constexpr int RSTEP = DEC_THREADS / CH, ROWS_PER_THREAD = DEC_BN / RSTEP;
     static_assert(DEC_THREADS % CH == 0 && DEC_BN % RSTEP == 0, "stage and block do not divide");
     const int c = threadIdx.x % CH;
-    int32_t pages[ROWS_PER_THREAD];
+    /* Each row's offset in its page comes with its page id (the division is done once, here);
+     * at D = 256 (16 rows a thread) the registers are not there, and the offset is recomputed. */
+    constexpr bool KEEP_OFFS = ROWS_PER_THREAD <= 8;
+    int32_t pages[ROWS_PER_THREAD], offs[KEEP_OFFS ? ROWS_PER_THREAD : 1];
     auto read_pages = [&](int nb) {
 #pragma unroll
         for (int i = 0; i < ROWS_PER_THREAD; i++) {
             const int t = nb * DEC_BN + threadIdx.x / CH + i * RSTEP;
-            pages[i] = f.block_table && t < lk && nb <= nb_hi
-                           ? f.block_table[(int64_t)b * f.bt_sb + (int64_t)(t / f.page_size) * f.bt_sp] : 0;
+            const int p = f.block_table ? t / f.page_size : 0;
+            pages[i] = f.block_table && t < lk && nb <= nb_hi ? f.block_table[(int64_t)b * f.bt_sb + (int64_t)p * f.bt_sp] : 0;
+            if constexpr (KEEP_OFFS) offs[i] = t - p * f.page_size;
         }
     };
     auto load_stage = [&](int nb, int slot) {
@@ -498,7 +512,8 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
             if (f.block_table) { /* the page id clamped to the pool (bad metadata: no stray access) */
                 const int64_t id = pages[i];
                 row = id < 0 ? 0 : id >= f.num_rows ? f.num_rows - 1 : id;
-                pos = t % f.page_size;
+                if constexpr (KEEP_OFFS) pos = offs[i];
+                else pos = t % f.page_size;
             }
             const int64_t ko = row * f.kc_sb + pos * f.kc_st, vo = row * f.vc_sb + pos * f.vc_st;
             const bool pk = valid && c < dq;
@@ -559,8 +574,7 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
 #pragma unroll
             for (int nt = 0; nt < NT; nt++)
                 if (nt * 8 < nkw) mx = fmaxf(mx, fmaxf(s[nt][2 * hr], s[nt][2 * hr + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            mx = quad_max(mx);
             const float mnew = fmaxf(m[hr], mx * sc);
             const float muse = mnew == -INFINITY ? 0.0f : mnew; /* no key yet: keep exp2 finite */
             corr[hr] = exp2f(m[hr] - muse);
@@ -615,9 +629,7 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
     float *sO = (float *)smem_raw, *sM = sO + DEC_WARPS * 16 * DP, *sL = sM + DEC_WARPS * 16;
 #pragma unroll
     for (int hr = 0; hr < 2; hr++) {
-        float sum = l[hr];
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const float sum = quad_sum(l[hr]);
         const int rr = warp * 16 + lane / 4 + 8 * hr;
         if (lane % 4 == 0) {
             sM[rr] = m[hr];
@@ -770,8 +782,7 @@ mla_kernel(const cuda_kvcache f, const decode_plan pl) {
 #pragma unroll
         for (int hr = 0; hr < 2; hr++) {
             float mx = fmaxf(fmaxf(s[0][2 * hr], s[0][2 * hr + 1]), fmaxf(s[1][2 * hr], s[1][2 * hr + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            mx = quad_max(mx);
             if (lane % 4 == 0) sRed[wk * MLA_ROWS + wr * 16 + lane / 4 + 8 * hr] = mx;
         }
         __syncthreads(); /* both halves' maxima */
@@ -843,9 +854,7 @@ mla_kernel(const cuda_kvcache f, const decode_plan pl) {
     __syncthreads();
 #pragma unroll
     for (int hr = 0; hr < 2; hr++) {
-        float sum = l[hr];
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const float sum = quad_sum(l[hr]);
         const int row = wr * 16 + lane / 4 + 8 * hr;
         if (lane % 4 == 0) {
             sRed[wk * MLA_ROWS + row] = sum;
