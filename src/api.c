@@ -399,12 +399,27 @@ static enum cflash_status run_work(int rank, const struct cflash_tensor *q, cons
 }
 
 /* Per-sequence masks: plan the sequences (plan.c), then run. */
+#ifdef CFLASH_HAVE_CUDA
+static enum cflash_status cuda_run_seqs(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                        const struct cflash_tensor *v, const struct cflash_tensor *out,
+                                        const struct cflash_tensor *lse, const struct cflash_attn_params *p,
+                                        int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
+                                        const int64_t *qs, const int64_t *lq, const int64_t *ks, const int64_t *lk);
+#endif
+
 enum cflash_status run_attention(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
                                         const struct cflash_tensor *v, const struct cflash_tensor *out,
                                         const struct cflash_tensor *lse, const struct cflash_attn_params *p,
                                         int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
                                         const int64_t *qs, const int64_t *lq, const int64_t *ks, const int64_t *lk,
                                         const struct attn_scoresrc *mask, const struct attn_scoresrc *bias) {
+#ifdef CFLASH_HAVE_CUDA
+    if (q->device == CFLASH_DEVICE_CUDA) { /* flash-mlm's passes on the GPU (no masks there) */
+        if ((mask && mask->data) || (bias && bias->data))
+            return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "mask: explicit-sequence attention on CUDA tensors takes no masks or biases");
+        return cuda_run_seqs(rank, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, qs, lq, ks, lk);
+    }
+#endif
     struct attn_plan plan;
     CHECK(plan_sequences(&plan, B, qs, lq, ks, lk, p));
     enum cflash_status st = run_work(rank, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, plan.segments,
@@ -460,6 +475,32 @@ static void cuda_operand(const struct cflash_tensor *t, int rank, int64_t *sb, i
     *sh = t->stride[rank - 2];
 }
 
+/* The operands, shapes and score rules of a prefill-kernel call (dense rank 4, packed rank 3):
+ * what cuda_route and cuda_run_seqs share; the sequence description is theirs. */
+static void cuda_fwd_fill(struct cuda_fwd *f, int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
+                          const struct cflash_tensor *v, const struct cflash_tensor *out,
+                          const struct cflash_tensor *lse, const struct cflash_attn_params *p,
+                          int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv) {
+    memset(f, 0, sizeof *f);
+    f->q = q->data; f->k = k->data; f->v = v ? v->data : k->data; f->out = out->data;
+    f->lse = lse ? lse->data : NULL;
+    f->dtype = q->dtype; f->out_dtype = out->dtype;
+    cuda_operand(q, rank, &f->q_sb, &f->q_st, &f->q_sh);
+    cuda_operand(k, rank, &f->k_sb, &f->k_st, &f->k_sh);
+    cuda_operand(v ? v : k, rank, &f->v_sb, &f->v_st, &f->v_sh);
+    cuda_operand(out, rank, &f->o_sb, &f->o_st, &f->o_sh);
+    if (lse) {
+        f->lse_sb = rank == 4 ? lse->stride[0] : 0;
+        f->lse_sh = lse->stride[rank - 3];
+        f->lse_st = lse->stride[rank - 2];
+    }
+    f->B = (int32_t)B; f->Hq = (int32_t)Hq; f->Hk = (int32_t)Hk; f->D = (int32_t)D; f->Dv = (int32_t)Dv;
+    f->Lq = q->shape[rank - 3]; f->Lk = k->shape[rank - 3];
+    cuda_rules_fill(&f->r, p, D);
+    f->device_id = q->device_id;
+    f->stream = p->cuda_stream;
+}
+
 static enum cflash_status cuda_kvcache_route(const struct cflash_tensor *q, const struct cflash_kvcache *cache,
                                              const struct cflash_tensor *k_new, const struct cflash_tensor *v_new,
                                              const struct cflash_tensor *out, const struct cflash_tensor *lse,
@@ -498,21 +539,7 @@ static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, co
         return cuda_kvcache_route(q, &full, NULL, NULL, out, lse, p, Hq, Hk, D, Dv, 0, k->shape[1], mask, bias);
     }
     struct cuda_fwd f;
-    memset(&f, 0, sizeof f);
-    f.q = q->data; f.k = k->data; f.v = v ? v->data : k->data; f.out = out->data;
-    f.lse = lse ? lse->data : NULL;
-    f.dtype = q->dtype; f.out_dtype = out->dtype;
-    cuda_operand(q, rank, &f.q_sb, &f.q_st, &f.q_sh);
-    cuda_operand(k, rank, &f.k_sb, &f.k_st, &f.k_sh);
-    cuda_operand(v ? v : k, rank, &f.v_sb, &f.v_st, &f.v_sh);
-    cuda_operand(out, rank, &f.o_sb, &f.o_st, &f.o_sh);
-    if (lse) {
-        f.lse_sb = rank == 4 ? lse->stride[0] : 0;
-        f.lse_sh = lse->stride[rank - 3];
-        f.lse_st = lse->stride[rank - 2];
-    }
-    f.B = (int32_t)B; f.Hq = (int32_t)Hq; f.Hk = (int32_t)Hk; f.D = (int32_t)D; f.Dv = (int32_t)Dv;
-    f.Lq = q->shape[rank - 3]; f.Lk = k->shape[rank - 3];
+    cuda_fwd_fill(&f, rank, q, k, v, out, lse, p, B, Hq, Hk, D, Dv);
     if (cu_q) {
         f.cu_q = cu_q->data; f.cu_k = cu_k->data;
         f.cu_q_s = cu_q->stride[0]; f.cu_k_s = cu_k->stride[0];
@@ -520,16 +547,53 @@ static enum cflash_status cuda_route(int rank, const struct cflash_tensor *q, co
         f.max_seqlen_q = max_seqlen_q >= 0 && max_seqlen_q < f.Lq ? max_seqlen_q : f.Lq;
         f.max_seqlen_k = max_seqlen_k >= 0 && max_seqlen_k < f.Lk ? max_seqlen_k : f.Lk;
     }
-    cuda_rules_fill(&f.r, p, D);
     cuda_scoresrc_fill(&f.mask, mask);
     cuda_scoresrc_fill(&f.bias, bias);
-    f.device_id = q->device_id;
-    f.stream = p->cuda_stream;
     f.slices = slices;
     f.tile_slices = tile_slices;
     enum cuda_fwd_config config;
     CHECK(cuda_fwd_select(&f, &config));
     return cuda_fwd_launch(&f, config);
+}
+#endif
+
+#ifdef CFLASH_HAVE_CUDA
+/* Attention over explicit sequences on CUDA tensors (run_attention's GPU side: flash-mlm's
+ * context and new-token passes): sequence b = query rows [qs, qs + lq), key rows [ks, ks + lk)
+ * of the token axis (rank 3) or of batch row b (rank 4, key batch stride 0 for a shared
+ * operand). The table goes to the device per call (stream-ordered), the prefill kernel reads it. */
+static enum cflash_status cuda_run_seqs(int rank, const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                        const struct cflash_tensor *v, const struct cflash_tensor *out,
+                                        const struct cflash_tensor *lse, const struct cflash_attn_params *p,
+                                        int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
+                                        const int64_t *qs, const int64_t *lq, const int64_t *ks, const int64_t *lk) {
+    if (p->kernel != CFLASH_KERNEL_AUTO)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "kernel: %s is a CPU kernel; CUDA tensors take CFLASH_KERNEL_AUTO", cflash_kernel_name(p->kernel));
+    if (B > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 sequences, got %lld", (long long)B);
+    if (Hq > 65535) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: the CUDA backend takes at most 65535 heads, got %lld", (long long)Hq);
+    if (B <= 0) return CFLASH_STATUS_OK;
+    struct cuda_fwd f;
+    cuda_fwd_fill(&f, rank, q, k, v, out, lse, p, B, Hq, Hk, D, Dv);
+    enum cuda_fwd_config config;
+    CHECK(cuda_fwd_select(&f, &config));
+    int32_t *tbl = malloc(sizeof(int32_t) * 4 * (size_t)B);
+    if (!tbl) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "q: out of memory");
+    for (int64_t b = 0; b < B; b++) {
+        tbl[4 * b] = (int32_t)qs[b]; tbl[4 * b + 1] = (int32_t)lq[b];
+        tbl[4 * b + 2] = (int32_t)ks[b]; tbl[4 * b + 3] = (int32_t)lk[b];
+        if (lq[b] > f.max_seqlen_q) f.max_seqlen_q = lq[b];
+    } /* 32-bit: cuda_fwd_select capped both token axes below 2^31 */
+    void *dev = NULL;
+    const size_t bytes = sizeof(int32_t) * 4 * (size_t)B;
+    enum cflash_status st = cuda_mem_alloc("q", f.device_id, f.stream, 1, bytes, &dev);
+    if (!st) st = cuda_mem_copy2d("q", f.device_id, f.stream, dev, bytes, tbl, bytes, bytes, 1);
+    free(tbl); /* a pageable source is staged before the copy returns */
+    if (!st) {
+        f.seq_table = dev;
+        st = cuda_fwd_launch(&f, config);
+    }
+    if (dev) cuda_mem_free(f.device_id, f.stream, 1, dev);
+    return st;
 }
 #endif
 
@@ -1148,6 +1212,14 @@ static enum cflash_status cuda_merge_route(const struct cflash_tensor *o1, const
     m.device_id = o1->device_id;
     m.stream = stream;
     return cuda_merge_launch(&m);
+}
+
+/* context.c's merge of its fp32 passes into out of the call's dtype (shapes built there; the
+ * public rule "out is o1's dtype or fp32" does not apply to that internal use) */
+enum cflash_status cuda_merge_passes(const struct cflash_tensor *o1, const struct cflash_tensor *lse1,
+                                     const struct cflash_tensor *o2, const struct cflash_tensor *lse2,
+                                     const struct cflash_tensor *out, const struct cflash_tensor *lse_out, void *stream) {
+    return cuda_merge_route(o1, lse1, o2, lse2, out, lse_out, stream);
 }
 #endif
 

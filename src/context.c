@@ -13,8 +13,17 @@
  *
  * Nothing is written before everything is validated and allocated: a prefill builds the new
  * entry in fresh memory, attends (reading the old entry), and only then swaps it in.
+ *
+ * CUDA tensors: an entry lives on the GPU of the call that stored it (and is an error for a call
+ * on another device); the passes run the prefill kernel over explicit sequences (api.c
+ * run_attention) and the CUDA merge. The metadata (cu_seqlens, ctx_idx) is copied to the host
+ * with one stream synchronization, since the sequences are planned there: flash-mlm calls are
+ * not in the decode hot path.
  */
 #include "internal.h"
+#ifdef CFLASH_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
 
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +33,7 @@ struct ctx_entry {
     int64_t C, Hk, D, Dv;
     enum cflash_dtype dtype;
     int v_is_k;
+    int32_t device; /* -1: host memory; else the CUDA device holding k / v */
     int64_t *cu;  /* [C + 1] */
     char *k, *v;  /* packed [cu[C], Hk, D] / [cu[C], Hk, Dv]; v NULL when v_is_k */
 };
@@ -37,9 +47,22 @@ static int64_t dtype_size(enum cflash_dtype t) { return t == CFLASH_DTYPE_F32 ? 
 
 static void entry_free(struct ctx_entry *e) {
     free(e->cu);
+#ifdef CFLASH_HAVE_CUDA
+    if (e->device >= 0) {
+        cuda_mem_free(e->device, NULL, 0, e->k);
+        cuda_mem_free(e->device, NULL, 0, e->v);
+        memset(e, 0, sizeof *e);
+        return;
+    }
+#endif
     free(e->k);
     free(e->v);
     memset(e, 0, sizeof *e);
+}
+
+/* The device a tensor's data lives on, as an entry records it. */
+static int32_t device_of(const struct cflash_tensor *t) {
+    return t->device == CFLASH_DEVICE_CUDA ? t->device_id : -1;
 }
 
 static struct ctx_entry *entry_find(const struct cflash_context_cache *c, int64_t layer_id) {
@@ -156,12 +179,31 @@ static void copy_rows(char *dst, const struct cflash_tensor *t, int rank, int64_
         memcpy(dst + h * dim * es, (const char *)t->data + (base + h * sh) * es, (size_t)(dim * es));
 }
 
+/* Device entries: the rows of src sequence b (all heads) after fill into dst, one 2-D copy per
+ * head (rows at the source's token stride, packed [Hk, dim] rows in the entry). */
+#ifdef CFLASH_HAVE_CUDA
+static enum cflash_status copy_rows_device(char *dst, const struct cflash_tensor *t, int rank, int64_t b, int64_t row,
+                                           int64_t n, int64_t Hk, int64_t dim, void *stream) {
+    const int64_t es = dtype_size(t->dtype), ts = t->stride[rank - 3], sh = t->stride[rank - 2];
+    if (ts < 0 || sh < 0)
+        return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "k: storing a context from CUDA tensors needs non-negative strides");
+    const int64_t base = rank == 4 ? b * t->stride[0] + row * ts : row * ts;
+    for (int64_t h = 0; h < Hk; h++)
+        CHECK(cuda_mem_copy2d("cache", t->device_id, stream, dst + h * dim * es, (size_t)(Hk * dim * es),
+                              (const char *)t->data + (base + h * sh) * es, (size_t)(ts * es), (size_t)(dim * es), (size_t)n));
+    return CFLASH_STATUS_OK;
+}
+#endif
+
 /* The entry after storing src: REPLACE (old NULL: context b = sequence b) or APPEND (sequence b
- * appended to old's context map[b], in batch order; map NULL: b). All memory is new. */
+ * appended to old's context map[b], in batch order; map NULL: b). All memory is new; on the
+ * source's device for CUDA tensors (the copies are complete when this returns: the stream is
+ * synchronized, so any later stream reads a whole entry). */
 static enum cflash_status entry_build(struct ctx_entry *e, int64_t layer_id, const struct kv_source *src,
-                                      const struct ctx_entry *old, const int64_t *map) {
+                                      const struct ctx_entry *old, const int64_t *map, void *stream) {
     memset(e, 0, sizeof *e);
     e->layer_id = layer_id;
+    e->device = device_of(src->k);
     e->C = old ? old->C : src->B;
     e->Hk = src->Hk; e->D = src->D; e->Dv = src->Dv;
     e->dtype = src->k->dtype;
@@ -173,6 +215,37 @@ static enum cflash_status entry_build(struct ctx_entry *e, int64_t layer_id, con
     for (int64_t c = 0; c < e->C; c++) e->cu[c + 1] += e->cu[c];
     const int64_t total = e->cu[e->C], es = dtype_size(e->dtype);
     const size_t kbytes = (size_t)(total * e->Hk * e->D * es), vbytes = (size_t)(total * e->Hk * e->Dv * es);
+#ifdef CFLASH_HAVE_CUDA
+    if (e->device >= 0) {
+        const int64_t krow = e->Hk * e->D * es, vrow = e->Hk * e->Dv * es;
+        enum cflash_status st = cuda_mem_alloc("cache", e->device, stream, 0, kbytes, (void **)&e->k);
+        if (!st && !e->v_is_k) st = cuda_mem_alloc("cache", e->device, stream, 0, vbytes, (void **)&e->v);
+        for (int64_t c = 0; !st && old && c < e->C; c++) { /* the old contexts first, each at its new start */
+            const int64_t n = old->cu[c + 1] - old->cu[c];
+            st = cuda_mem_copy2d("cache", e->device, stream, e->k + e->cu[c] * krow, (size_t)krow, old->k + old->cu[c] * krow,
+                                 (size_t)krow, (size_t)krow, (size_t)n);
+            if (!st && e->v)
+                st = cuda_mem_copy2d("cache", e->device, stream, e->v + e->cu[c] * vrow, (size_t)vrow, old->v + old->cu[c] * vrow,
+                                     (size_t)vrow, (size_t)vrow, (size_t)n);
+        }
+        /* then each sequence after what its context already holds (sequences of one context in batch order) */
+        int64_t *fill = st ? NULL : malloc(sizeof(int64_t) * (size_t)(e->C > 0 ? e->C : 1));
+        if (!st && !fill) st = cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "cache: out of memory");
+        for (int64_t c = 0; !st && c < e->C; c++) fill[c] = e->cu[c] + (old ? old->cu[c + 1] - old->cu[c] : 0);
+        for (int64_t b = 0; !st && b < src->B; b++) {
+            const int64_t c = old ? (map ? map[b] : b) : b;
+            st = copy_rows_device(e->k + fill[c] * krow, src->k, src->rank, b, src->ks[b], src->lk[b], e->Hk, e->D, stream);
+            if (!st && e->v) st = copy_rows_device(e->v + fill[c] * vrow, src->v, src->rank, b, src->ks[b], src->lk[b], e->Hk, e->Dv, stream);
+            fill[c] += src->lk[b];
+        }
+        free(fill);
+        if (!st) st = cuda_mem_sync("cache", e->device, stream);
+        if (st) entry_free(e);
+        return st;
+    }
+#else
+    (void)stream;
+#endif
     e->k = malloc(kbytes ? kbytes : 1);
     e->v = e->v_is_k ? NULL : malloc(vbytes ? vbytes : 1);
     if (!e->k || (!e->v_is_k && !e->v)) {
@@ -203,7 +276,11 @@ static enum cflash_status entry_build(struct ctx_entry *e, int64_t layer_id, con
 
 /* An existing entry must match the call exactly. */
 static enum cflash_status entry_match(const struct ctx_entry *e, enum cflash_dtype dtype,
-                                      int64_t Hk, int64_t D, int64_t Dv, int v_is_k) {
+                                      int64_t Hk, int64_t D, int64_t Dv, int v_is_k, int32_t device) {
+    if (e->device != device)
+        return INVALID("layer_id: the entry of layer %lld lives on %s%d, the call's tensors on %s%d", (long long)e->layer_id,
+                       e->device < 0 ? "the host" : "CUDA device ", e->device < 0 ? 0 : (int)e->device,
+                       device < 0 ? "the host" : "CUDA device ", device < 0 ? 0 : (int)device);
     if (e->Hk != Hk || e->D != D || e->Dv != Dv || e->dtype != dtype || e->v_is_k != v_is_k)
         return INVALID("layer_id: the entry of layer %lld holds Hk=%lld D=%lld Dv=%lld %s%s, the call has Hk=%lld D=%lld Dv=%lld %s%s",
                        (long long)e->layer_id, (long long)e->Hk, (long long)e->D, (long long)e->Dv,
@@ -251,6 +328,38 @@ static enum cflash_status check_kv(int rank, const struct cflash_tensor *k, cons
     return CFLASH_STATUS_OK;
 }
 
+/* A 1-D int32 metadata tensor on q's device, readable on the host: itself for host tensors; for
+ * CUDA tensors a host copy of its span (*buf, freed by the caller) after the stream's pending
+ * work, in *h. The descriptor is checked first (check_cu_seqlens / the caller's checks read the
+ * contents of the copy afterwards). */
+static enum cflash_status host_metadata(const char *name, const struct cflash_tensor *t, const struct cflash_tensor *q,
+                                        void *stream, struct cflash_tensor *h, int32_t **buf) {
+    *buf = NULL;
+    if (!t) return CFLASH_STATUS_OK;
+    *h = *t;
+    CHECK(check_device(name, t, q)); /* metadata of a GPU call lives on its device, as elsewhere */
+    if (t->device != CFLASH_DEVICE_CUDA) return CFLASH_STATUS_OK;
+#ifdef CFLASH_HAVE_CUDA
+    CHECK(check_tensor(name, t, 1));
+    if (t->dtype != CFLASH_DTYPE_I32) return INVALID("%s: dtype must be int32", name);
+    if (t->stride[0] < 0) return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: a CUDA metadata tensor needs a non-negative stride", name);
+    const int64_t n = t->shape[0] > 0 ? (t->shape[0] - 1) * t->stride[0] + 1 : 0;
+    *buf = malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
+    if (!*buf) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "%s: out of memory", name);
+    const size_t bytes = sizeof(int32_t) * (size_t)n;
+    enum cflash_status st = cuda_mem_copy2d(name, t->device_id, stream, *buf, bytes, t->data, bytes, bytes, n > 0);
+    if (!st) st = cuda_mem_sync(name, t->device_id, stream);
+    if (st) { free(*buf); *buf = NULL; return st; }
+    h->data = *buf;
+    h->device = CFLASH_DEVICE_CPU;
+    h->device_id = 0;
+    return CFLASH_STATUS_OK;
+#else
+    (void)q; (void)stream;
+    return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "%s: CUDA tensors need the CUDA backend, which this build does not have", name);
+#endif
+}
+
 enum cflash_status cflash_context_cache_store(cflash_context_cache_t cache, int64_t layer_id,
                                               const struct cflash_tensor *k,
                                               const struct cflash_tensor *v,
@@ -260,32 +369,50 @@ enum cflash_status cflash_context_cache_store(cflash_context_cache_t cache, int6
     if (layer_id < 0) return INVALID("layer_id: must be >= 0, got %lld", (long long)layer_id);
     if (mode != CFLASH_PREFILL_REPLACE && mode != CFLASH_PREFILL_APPEND)
         return INVALID("mode: must be CFLASH_PREFILL_REPLACE or CFLASH_PREFILL_APPEND, got %d", (int)mode);
-    CHECK(require_cpu("k", k));
-    CHECK(require_cpu("v", v));
-    CHECK(require_cpu("cu_seqlens", cu_seqlens));
     if (!k) return INVALID("k: must not be NULL");
+#ifndef CFLASH_HAVE_CUDA
+    CHECK(require_cpu("k", k));
+#endif
+    if (k->device == CFLASH_DEVICE_CPU) {
+        CHECK(require_cpu("v", v));
+        CHECK(require_cpu("cu_seqlens", cu_seqlens));
+    } else if (v) {
+        CHECK(check_device("v", v, k));
+    }
     const int rank = cu_seqlens ? 3 : 4;
     struct kv_source src = {.rank = rank, .k = k, .v = v};
     CHECK(check_kv(rank, k, v, &src.Hk, &src.D, &src.Dv));
     src.v_is_k = is_view_of_k(k, v);
+    /* CUDA: cu_seqlens read on the host (this store has no stream: the legacy default one) */
+    struct cflash_tensor hcu;
+    int32_t *cubuf = NULL;
     if (cu_seqlens) CHECK(check_cu_seqlens("cu_seqlens", "cu_seqlens", cu_seqlens, -1, k->shape[0], -1));
+    CHECK(host_metadata("cu_seqlens", cu_seqlens, k, NULL, &hcu, &cubuf));
+    if (cu_seqlens) {
+        cu_seqlens = &hcu;
+        const enum cflash_status cst = check_cu_seqlens("cu_seqlens", "cu_seqlens", cu_seqlens, -1, k->shape[0], -1);
+        if (cst) { free(cubuf); return cst; }
+    }
     src.B = cu_seqlens ? cu_seqlens->shape[0] - 1 : k->shape[0];
-    if (src.B < 1) return INVALID("k: an entry holds C >= 1 contexts; this store has no sequence");
     const struct ctx_entry *old = entry_find(cache, layer_id);
-    if (mode == CFLASH_PREFILL_APPEND && old) {
-        CHECK(entry_match(old, k->dtype, src.Hk, src.D, src.Dv, src.v_is_k));
-        if (old->C != src.B)
-            return INVALID("k: appending %lld sequences to layer %lld, whose entry has %lld contexts", (long long)src.B, (long long)layer_id, (long long)old->C);
+    enum cflash_status st = CFLASH_STATUS_OK;
+    if (src.B < 1) st = INVALID("k: an entry holds C >= 1 contexts; this store has no sequence");
+    if (!st && mode == CFLASH_PREFILL_APPEND && old) {
+        st = entry_match(old, k->dtype, src.Hk, src.D, src.Dv, src.v_is_k, device_of(k));
+        if (!st && old->C != src.B)
+            st = INVALID("k: appending %lld sequences to layer %lld, whose entry has %lld contexts", (long long)src.B, (long long)layer_id, (long long)old->C);
     }
     if (mode == CFLASH_PREFILL_REPLACE) old = NULL;
-    int64_t *idx = malloc(sizeof(int64_t) * 2 * (size_t)(src.B > 0 ? src.B : 1));
-    if (!idx) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "cache: out of memory");
+    int64_t *idx = st ? NULL : malloc(sizeof(int64_t) * 2 * (size_t)(src.B > 0 ? src.B : 1));
+    if (!st && !idx) st = cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "cache: out of memory");
+    if (st) { free(cubuf); return st; }
     sequences(idx, idx + src.B, src.B, cu_seqlens, rank == 4 ? k->shape[1] : 0);
+    free(cubuf);
     src.ks = idx;
     src.lk = idx + src.B;
     struct ctx_entry e;
-    enum cflash_status st = cache_reserve(cache);
-    if (!st) st = entry_build(&e, layer_id, &src, old, NULL);
+    st = cache_reserve(cache);
+    if (!st) st = entry_build(&e, layer_id, &src, old, NULL, NULL);
     free(idx);
     if (st) return st;
     cache_install(cache, &e);
@@ -313,25 +440,12 @@ static struct cflash_tensor scratch(float *data, int rank, int64_t B, int64_t T,
     return t;
 }
 
-enum cflash_status cflash_attn_mlm(const struct cflash_tensor *q, const struct cflash_tensor *k,
-                                   const struct cflash_tensor *v,
-                                   const struct cflash_tensor *cu_seqlens_q,
-                                   const struct cflash_tensor *cu_seqlens_k,
-                                   const struct cflash_mlm_args *mlm,
-                                   const struct cflash_tensor *out,
-                                   const struct cflash_tensor *lse,
-                                   const struct cflash_attn_params *params) {
-    const struct cflash_attn_params defaults = CFLASH_ATTN_PARAMS_INIT;
-    const struct cflash_attn_params *p = params ? params : &defaults;
-    const struct cflash_mlm_args no_mlm = {0};
-    const struct cflash_mlm_args *m = mlm ? mlm : &no_mlm;
-    if (!q) return INVALID("q: must not be NULL");
-    {
-        const struct cflash_tensor *all[] = {q, k, v, cu_seqlens_q, cu_seqlens_k, m->ctx_idx, out, lse};
-        const char *names[] = {"q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "ctx_idx", "out", "lse"};
-        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) CHECK(require_cpu(names[i], all[i]));
-        CHECK(require_cpu_params(p));
-    }
+/* cflash_attn_mlm after the device rules, with host-readable metadata */
+static enum cflash_status mlm_run(const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                  const struct cflash_tensor *v, const struct cflash_tensor *cu_seqlens_q,
+                                  const struct cflash_tensor *cu_seqlens_k, const struct cflash_mlm_args *m,
+                                  const struct cflash_tensor *out, const struct cflash_tensor *lse,
+                                  const struct cflash_attn_params *p) {
     const int rank = cu_seqlens_q ? 3 : 4;
     int64_t Hq = 0, Hk = 0, D = 0, Dv = 0;
     CHECK(check_qkvo(rank, q, k, v, out, &Hq, &Hk, &D, &Dv));
@@ -369,7 +483,7 @@ enum cflash_status cflash_attn_mlm(const struct cflash_tensor *q, const struct c
         CHECK(check_dim("ctx_idx", m->ctx_idx, 0, B, "B"));
     }
     if (e) {
-        CHECK(entry_match(e, q->dtype, Hk, D, Dv, v_is_k));
+        CHECK(entry_match(e, q->dtype, Hk, D, Dv, v_is_k, device_of(q)));
         if (!m->ctx_idx && e->C != 1 && e->C != B)
             return INVALID("ctx_idx: layer %lld has %lld contexts, neither 1 nor B = %lld; give ctx_idx", (long long)m->layer_id, (long long)e->C, (long long)B);
         for (int64_t b = 0; m->ctx_idx && b < B; b++) {
@@ -406,7 +520,7 @@ enum cflash_status cflash_attn_mlm(const struct cflash_tensor *q, const struct c
                                 .v_is_k = v_is_k, .ks = ks, .lk = lk};
         const int append = m->prefill_mode == CFLASH_PREFILL_APPEND && e;
         st = cache_reserve(m->cache);
-        if (!st) st = entry_build(&next, m->layer_id, &src, append ? e : NULL, append ? map : NULL);
+        if (!st) st = entry_build(&next, m->layer_id, &src, append ? e : NULL, append ? map : NULL, p->cuda_stream);
         if (st) { free(idx); return st; }
     }
     /* cumulative: sequence b sees the new keys of sequences 0..b */
@@ -417,21 +531,31 @@ enum cflash_status cflash_attn_mlm(const struct cflash_tensor *q, const struct c
         st = run_attention(rank, q, k, v, out, lse, p, B, Hq, Hk, D, Dv, qs, lq, ks, lk, NULL, NULL);
     } else if (B > 0) {
         const int64_t Tq = rank == 4 ? B * T : T;
-        float *buf = malloc(sizeof(float) * (size_t)(2 * Tq * Hq * (Dv + 1)));
-        if (!buf) {
+        const size_t bytes = sizeof(float) * (size_t)(2 * Tq * Hq * (Dv + 1));
+        const int on_cuda = q->device == CFLASH_DEVICE_CUDA;
+        (void)on_cuda; /* read only in CUDA builds */
+        float *buf = NULL;
+#ifdef CFLASH_HAVE_CUDA
+        if (on_cuda) st = cuda_mem_alloc("out", q->device_id, p->cuda_stream, 1, bytes, (void **)&buf);
+        else
+#endif
+        if (!(buf = malloc(bytes)))
             st = cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "out: cannot allocate the context pass's scratch (%lld rows)", (long long)Tq);
-        } else {
-            const struct cflash_tensor o1 = scratch(buf, rank, B, T, Hq, Dv, 0);
-            const struct cflash_tensor o2 = scratch(buf + Tq * Hq * Dv, rank, B, T, Hq, Dv, 0);
-            const struct cflash_tensor l1 = scratch(buf + 2 * Tq * Hq * Dv, rank, B, T, Hq, Dv, 1);
-            const struct cflash_tensor l2 = scratch(buf + 2 * Tq * Hq * Dv + Tq * Hq, rank, B, T, Hq, Dv, 1);
+        if (!st) {
+            struct cflash_tensor o1 = scratch(buf, rank, B, T, Hq, Dv, 0);
+            struct cflash_tensor o2 = scratch(buf + Tq * Hq * Dv, rank, B, T, Hq, Dv, 0);
+            struct cflash_tensor l1 = scratch(buf + 2 * Tq * Hq * Dv, rank, B, T, Hq, Dv, 1);
+            struct cflash_tensor l2 = scratch(buf + 2 * Tq * Hq * Dv + Tq * Hq, rank, B, T, Hq, Dv, 1);
+            struct cflash_tensor *scr[4] = {&o1, &o2, &l1, &l2};
+            for (int i = 0; i < 4; i++) { scr[i]->device = q->device; scr[i]->device_id = q->device_id; }
             /* the entry's packed keys as an operand of the call's rank (batch stride 0) */
             const int64_t total = e->cu[e->C];
             struct cflash_tensor ck, cv;
             memset(&ck, 0, sizeof ck);
             ck.data = e->k;
             ck.dtype = e->dtype;
-            ck.device = CFLASH_DEVICE_CPU;
+            ck.device = q->device;
+            ck.device_id = q->device_id;
             ck.ndim = rank;
             if (rank == 4) { ck.shape[0] = B; ck.stride[0] = 0; }
             ck.shape[rank - 3] = total; ck.stride[rank - 3] = Hk * D;
@@ -444,12 +568,63 @@ enum cflash_status cflash_attn_mlm(const struct cflash_tensor *q, const struct c
             pc.sinks = NULL; /* the sink enters the softmax once (second pass) */
             st = run_attention(rank, q, &ck, &cv, &o1, &l1, &pc, B, Hq, Hk, D, Dv, qs, lq, cs, cl, NULL, NULL);
             if (!st) st = run_attention(rank, q, k, v, &o2, &l2, p, B, Hq, Hk, D, Dv, qs, lq, ks, lk, NULL, NULL);
+#ifdef CFLASH_HAVE_CUDA
+            if (!st && on_cuda) st = cuda_merge_passes(&o1, &l1, &o2, &l2, out, lse, p->cuda_stream);
+            else
+#endif
             if (!st) st = cpu_merge(&o1, &l1, &o2, &l2, out, lse);
-            free(buf);
         }
+#ifdef CFLASH_HAVE_CUDA
+        if (on_cuda) cuda_mem_free(q->device_id, p->cuda_stream, 1, buf); /* stream-ordered: after the merge */
+        else
+#endif
+        free(buf);
     }
     free(idx);
     if (st) { entry_free(&next); return st; }
     if (m->prefill) cache_install(m->cache, &next);
     return CFLASH_STATUS_OK;
+}
+
+enum cflash_status cflash_attn_mlm(const struct cflash_tensor *q, const struct cflash_tensor *k,
+                                   const struct cflash_tensor *v,
+                                   const struct cflash_tensor *cu_seqlens_q,
+                                   const struct cflash_tensor *cu_seqlens_k,
+                                   const struct cflash_mlm_args *mlm,
+                                   const struct cflash_tensor *out,
+                                   const struct cflash_tensor *lse,
+                                   const struct cflash_attn_params *params) {
+    const struct cflash_attn_params defaults = CFLASH_ATTN_PARAMS_INIT;
+    const struct cflash_attn_params *p = params ? params : &defaults;
+    const struct cflash_mlm_args no_mlm = {0};
+    const struct cflash_mlm_args *m = mlm ? mlm : &no_mlm;
+    if (!q) return INVALID("q: must not be NULL");
+    if (q->device != CFLASH_DEVICE_CUDA) {
+        const struct cflash_tensor *all[] = {q, k, v, cu_seqlens_q, cu_seqlens_k, m->ctx_idx, out, lse};
+        const char *names[] = {"q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "ctx_idx", "out", "lse"};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) CHECK(require_cpu(names[i], all[i]));
+        CHECK(require_cpu_params(p));
+        return mlm_run(q, k, v, cu_seqlens_q, cu_seqlens_k, m, out, lse, p);
+    }
+#ifndef CFLASH_HAVE_CUDA
+    return require_cpu("q", q);
+#else
+    /* CUDA: every tensor on q's device (check_qkvo: k, v, out); the metadata read on the host */
+    CHECK(check_device("lse", lse, q));
+    CHECK(check_device("sinks", p->sinks, q));
+    struct cflash_tensor hq, hk, hx;
+    int32_t *bq = NULL, *bk = NULL, *bx = NULL;
+    enum cflash_status st = host_metadata("cu_seqlens_q", cu_seqlens_q, q, p->cuda_stream, &hq, &bq);
+    if (!st) st = host_metadata("cu_seqlens_k", cu_seqlens_k, q, p->cuda_stream, &hk, &bk);
+    if (!st) st = host_metadata("ctx_idx", m->ctx_idx, q, p->cuda_stream, &hx, &bx);
+    if (!st) {
+        struct cflash_mlm_args mh = *m;
+        mh.ctx_idx = m->ctx_idx ? &hx : NULL;
+        st = mlm_run(q, k, v, cu_seqlens_q ? &hq : NULL, cu_seqlens_k ? &hk : NULL, &mh, out, lse, p);
+    }
+    free(bq);
+    free(bk);
+    free(bx);
+    return st;
+#endif
 }

@@ -131,6 +131,12 @@ enum cflash_status run_attention(int rank, const struct cflash_tensor *q, const 
                                  int64_t B, int64_t Hq, int64_t Hk, int64_t D, int64_t Dv,
                                  const int64_t *qs, const int64_t *lq, const int64_t *ks, const int64_t *lk,
                                  const struct attn_scoresrc *mask, const struct attn_scoresrc *bias);
+#ifdef CFLASH_HAVE_CUDA
+/* merge of CUDA tensors, any o / out dtypes (api.c; context.c's passes) */
+enum cflash_status cuda_merge_passes(const struct cflash_tensor *o1, const struct cflash_tensor *lse1,
+                                     const struct cflash_tensor *o2, const struct cflash_tensor *lse2,
+                                     const struct cflash_tensor *out, const struct cflash_tensor *lse_out, void *stream);
+#endif
 enum cflash_status cpu_merge(const struct cflash_tensor *o1, const struct cflash_tensor *lse1,
                              const struct cflash_tensor *o2, const struct cflash_tensor *lse2,
                              const struct cflash_tensor *out, const struct cflash_tensor *lse_out);

@@ -241,6 +241,19 @@ static void misuse_entry(const void *arg)
         return;
 #endif
     } else if (which == 2) { /* flash-mlm */
+#ifdef CFLASH_HAVE_CUDA
+        /* served on CUDA (python/tests/test_gpu.py): host metadata for device q is a mixed-device
+         * call, and a bad argument is refused before any device memory is touched */
+        st = cflash_attn_mlm(&q3, &q3, &q3, &cuq, NULL, NULL, &q3, NULL, NULL);
+        CHECK(st == CFLASH_STATUS_INVALID_ARGUMENT && strncmp(cflash_last_error(), "cu_seqlens_q", 12) == 0,
+              "host cu_seqlens_q with device q: %s (%s)", cflash_status_string(st), cflash_last_error());
+        struct cflash_mlm_args a = {0};
+        a.cumulative = 1; /* needs a packed call */
+        st = cflash_attn_mlm(&q4, &k4, &v4, NULL, NULL, &a, &o4, NULL, NULL);
+        CHECK(st == CFLASH_STATUS_INVALID_ARGUMENT && strncmp(cflash_last_error(), "cumulative", 10) == 0,
+              "dense cumulative: %s (%s)", cflash_status_string(st), cflash_last_error());
+        return;
+#endif
         st = cflash_attn_mlm(&q4, &k4, &v4, NULL, NULL, NULL, &o4, NULL, NULL);
     } else { /* varlen with host cu_seqlens for device tensors */
         st = cflash_attn_varlen(&q3, &q3, &q3, &cuq, &cuq, -1, -1, &q3, NULL, NULL);

@@ -62,7 +62,7 @@ class ContextCache:
         appended to context b (an absent entry is created; a present one must have B contexts
         and the same Hk, D, Dv, dtype and V kind, else ValueError).
         """
-        self._cache.store(_layer(layer_id), k, v, host_array("cu_seqlens", cu_seqlens, "int32"), _mode(mode, "mode"))
+        self._cache.store(_layer(layer_id), k, v, host_array("cu_seqlens", cu_seqlens, "int32", k), _mode(mode, "mode"))
 
     def clear(self, layer_id=None):
         """Drop layer_id's entry (absent is fine), or every entry with layer_id=None."""
@@ -144,9 +144,9 @@ def attn_mlm(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, *, cache=None, layer
                      None, None, num_threads, kernel)
     _enter("mlm", q, k, D, Lq, Lk, params)
     out, lse = _outputs(q, out, out_shape, out_dtype, lse, lse_shape, return_lse)
-    _cflash.attn_mlm(q, k, v, host_array("cu_seqlens_q", cu_seqlens_q, "int32"),
-                     host_array("cu_seqlens_k", cu_seqlens_k, "int32"),
+    _cflash.attn_mlm(q, k, v, host_array("cu_seqlens_q", cu_seqlens_q, "int32", q),
+                     host_array("cu_seqlens_k", cu_seqlens_k, "int32", q),
                      None if cache is None else cache._cache, layer,
-                     host_array("ctx_idx", ctx_idx, "int32"), bool(cumulative), bool(prefill), mode,
+                     host_array("ctx_idx", ctx_idx, "int32", q), bool(cumulative), bool(prefill), mode,
                      out, lse, **params)
     return _result(q, out, lse, return_lse)

@@ -366,3 +366,58 @@ def test_kvcache_mask_bias(torch, rng, case):
     else:
         ref = lambda rnd: reference.kvcache(q, kc, vc, seq, kn, vn, rnd=rnd, **kw)[:2]  # noqa: E731
     check(back(out), back(lse), ref, dtype)
+
+
+def test_mlm_contexts_on_gpu(torch, rng):
+    """flash-mlm layer contexts on CUDA tensors (entries in GPU memory; metadata on the GPU, read
+    on the host once per call): per-batch contexts of lengths [3, 0, 7] stored packed then read by
+    a dense call (lse too); a shared context grown by a packed cumulative prefill (append) and
+    read again; ctx_idx with append; a host entry used by a GPU call is a ValueError."""
+    from cflash._context import ContextCache, attn_mlm
+    dtype, Hq, Hk, D = "bfloat16", 4, 2, 128
+    t = lambda x: cuda(torch, x, dtype)  # noqa: E731
+    ints = lambda x: torch.tensor(x, dtype=torch.int32, device="cuda")  # noqa: E731
+
+    def ctxs(lengths):
+        cs = [(randn(rng, (n, Hk, D), dtype), randn(rng, (n, Hk, D), dtype)) for n in lengths]
+        cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        return cs, np.concatenate([c[0] for c in cs]), np.concatenate([c[1] for c in cs]), cu
+
+    # per-batch contexts, dense new tokens
+    cache = ContextCache()
+    cs, ck, cv, cu = ctxs([3, 0, 7])
+    cache.store(2, t(ck), t(cv), ints(cu))
+    assert cache.lengths(2) == (3, 0, 7)
+    q, k, v = randn(rng, (3, 5, Hq, D), dtype), randn(rng, (3, 6, Hk, D), dtype), randn(rng, (3, 6, Hk, D), dtype)
+    out, lse = attn_mlm(t(q), t(k), t(v), cache=cache, layer_id=2, return_lse=True)
+    assert out.is_cuda
+    check(back(out), back(lse), lambda rnd: reference.mlm(q, k, v, cs, rnd=rnd), dtype)
+
+    # a shared context, a packed cumulative prefill that appends, then a dense read
+    cs, ck, cv, cu = ctxs([4])
+    cache.store(0, t(ck), t(cv), ints(cu))
+    cq = np.array([0, 2, 5, 9], np.int32)
+    qp, kp, vp = randn(rng, (9, Hq, D), dtype), randn(rng, (9, Hk, D), dtype), randn(rng, (9, Hk, D), dtype)
+    out = attn_mlm(t(qp), t(kp), t(vp), ints(cq), cache=cache, layer_id=0, cumulative=True, prefill=True,
+                   prefill_mode="append")
+    check(back(out), None, lambda rnd: (reference.mlm(qp, kp, vp, cs, cu_q=cq, cumulative=True, rnd=rnd)[0], None), dtype)
+    assert cache.lengths(0) == (13,)
+    grown = [(np.concatenate([cs[0][0], kp]), np.concatenate([cs[0][1], vp]))]
+    q2, k2, v2 = randn(rng, (2, 3, Hq, D), dtype), randn(rng, (2, 1, Hk, D), dtype), randn(rng, (2, 1, Hk, D), dtype)
+    out = attn_mlm(t(q2), t(k2), t(v2), cache=cache, layer_id=0)
+    check(back(out), None, lambda rnd: (reference.mlm(q2, k2, v2, grown, rnd=rnd)[0], None), dtype)
+
+    # ctx_idx: sequence b reads (and appends to) context ctx_idx[b]
+    cs, ck, cv, cu = ctxs([1, 2])
+    cache.store(1, t(ck), t(cv), ints(cu))
+    idx = np.array([1, 0, 1], np.int32)
+    q, k, v = randn(rng, (3, 2, Hq, D), dtype), randn(rng, (3, 2, Hk, D), dtype), randn(rng, (3, 2, Hk, D), dtype)
+    out = attn_mlm(t(q), t(k), t(v), cache=cache, layer_id=1, ctx_idx=ints(idx), prefill=True, prefill_mode="append")
+    check(back(out), None, lambda rnd: (reference.mlm(q, k, v, cs, ctx_idx=idx, rnd=rnd)[0], None), dtype)
+    assert cache.lengths(1) == (1 + 2, 2 + 2 + 2)
+
+    # an entry in host memory is not read by a GPU call
+    host = ContextCache()
+    host.store(0, ck.astype(np.float32), cv.astype(np.float32), cu)
+    with pytest.raises(ValueError, match="layer_id"):
+        attn_mlm(t(q), t(k), t(v), cache=host, layer_id=0, ctx_idx=ints(idx))

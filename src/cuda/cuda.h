@@ -85,6 +85,10 @@ struct cuda_fwd {
     const int32_t *block_table;
     int64_t bt_sb, bt_sp;
     int32_t page_size;
+    /* explicit sequences (flash-mlm's passes; cu_q NULL): int32 [B][4] on the device, sequence b
+     * = query rows [t0, t0 + n) and key rows [k0, k0 + m) of the token axes (Lq, Lk: their
+     * totals; clamped to them); the grid covers max_seqlen_q rows */
+    const int32_t *seq_table;
 };
 
 /* Query rows per block of the prefill kernels (every engine and head dim): a range plan's
@@ -213,6 +217,17 @@ struct cuda_merge {
 };
 
 enum cflash_status cuda_merge_launch(const struct cuda_merge *m);
+
+/* ---- device memory for host-side owners (buffers.cu) ----
+ * cuda_mem_alloc: cudaMalloc (ordered 0: persistent) or cudaMallocAsync on `stream` (ordered 1:
+ * per-call workspaces, freed the same way); OUT_OF_MEMORY / DEVICE_ERROR naming `name`.
+ * cuda_mem_copy2d: cudaMemcpy2DAsync on `stream` in any direction (unified addressing; from
+ * pageable host memory it returns once the source is staged). cuda_mem_sync: the stream. */
+enum cflash_status cuda_mem_alloc(const char *name, int32_t device, void *stream, int ordered, size_t bytes, void **p);
+void cuda_mem_free(int32_t device, void *stream, int ordered, void *p);
+enum cflash_status cuda_mem_copy2d(const char *name, int32_t device, void *stream, void *dst, size_t dpitch,
+                                   const void *src, size_t spitch, size_t width, size_t height);
+enum cflash_status cuda_mem_sync(const char *name, int32_t device, void *stream);
 
 #ifdef __cplusplus
 }

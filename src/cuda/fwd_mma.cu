@@ -185,6 +185,17 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     }
     int64_t kvb = b; /* the K / V batch row */
     if constexpr (GENERAL) {
+        if (f.seq_table) { /* explicit per-sequence rows (flash-mlm passes), clamped to the tensors */
+            const int32_t *e = f.seq_table + 4 * (int64_t)b;
+            int64_t a = e[0], n = e[1];
+            a = a < 0 ? 0 : a > f.Lq ? f.Lq : a;
+            n = n < 0 ? 0 : n > f.Lq - a ? f.Lq - a : n;
+            qorg = a; Lq = n;
+            a = e[2]; n = e[3];
+            a = a < 0 ? 0 : a > f.Lk ? f.Lk : a;
+            n = n < 0 ? 0 : n > f.Lk - a ? f.Lk - a : n;
+            korg = a; Lk = n;
+        }
         if (f.seqlens_k) { /* a KV cache: this sequence's keys, clamped to the cache (decode.cu's rule) */
             int64_t n = f.seqlens_k[(int64_t)b * f.seqlens_k_s];
             const int64_t room = f.Lk - f.seqlens_add;
@@ -691,7 +702,7 @@ template <typename T, int DP, bool WG, bool GENERAL>
 static enum cflash_status launch1(const struct cuda_fwd *f) {
     constexpr int BM = 16 * fwd_tile<DP, WG>::MT * fwd_tile<DP, WG>::NW;
     constexpr int bytes = fwd_smem_bytes<DP, WG>();
-    const int64_t rows = f->cu_q ? f->max_seqlen_q : f->Lq;
+    const int64_t rows = f->cu_q || f->seq_table ? f->max_seqlen_q : f->Lq;
     if (rows <= 0 || f->B <= 0) return CFLASH_STATUS_OK;
     const dim3 grid((unsigned)((rows + BM - 1) / BM), (unsigned)f->Hq, (unsigned)f->B);
     cudaError_t err = cudaFuncSetAttribute(fwd_mma_kernel<T, DP, WG, GENERAL>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
@@ -706,7 +717,7 @@ static enum cflash_status launch1(const struct cuda_fwd *f) {
 
 template <typename T, int DP, bool WG>
 static enum cflash_status launch(const struct cuda_fwd *f) {
-    const bool general = f->slices || f->mask.data || f->bias.data || f->seqlens_k;
+    const bool general = f->slices || f->mask.data || f->bias.data || f->seqlens_k || f->seq_table;
     return general ? launch1<T, DP, WG, true>(f) : launch1<T, DP, WG, false>(f);
 }
 
@@ -758,7 +769,7 @@ extern "C" void cuda_device_leave(int32_t device, int prev) {
 
 extern "C" enum cflash_status cuda_fwd_launch(const struct cuda_fwd *f, enum cuda_fwd_config config) {
     const bool bf = f->dtype == CFLASH_DTYPE_BF16;
-    if ((f->cu_q ? f->max_seqlen_q : f->Lq) <= 0 || f->B <= 0) return CFLASH_STATUS_OK; /* nothing to do */
+    if ((f->cu_q || f->seq_table ? f->max_seqlen_q : f->Lq) <= 0 || f->B <= 0) return CFLASH_STATUS_OK; /* nothing to do */
     int prev, major = 0, minor = 0;
     enum cflash_status st = cuda_device_enter("q", f->device_id, &prev);
     if (st) return st;
