@@ -91,22 +91,25 @@ def test_varlen_key_side_mask_query_side_bias(torch, rng):
 
 
 @pytest.mark.parametrize("engine", ["auto", "mma"])
-@pytest.mark.parametrize("varlen", [False, True])
-def test_key_side_mask_and_bias(torch, rng, monkeypatch, engine, varlen):
-    """One mask / bias value per key, the same for every row (the kernels read these once per key
-    column): dense [B, 1, 1, Lk] mask with a [B, Hq, 1, Lk] bias, and packed [Tk, Hv] masks;
-    with the engine the library picks and with the mma.sync kernel forced."""
+@pytest.mark.parametrize("varlen,D", [(False, 64), (False, 128), (False, 256), (True, 128)])
+def test_key_side_mask_and_bias(torch, rng, monkeypatch, engine, varlen, D):
+    """One mask / bias value per key, the same for every row (the kernels stage these per key
+    block in shared memory): dense [B, 1, 1, Lk] mask with a [B, Hq, 1, Lk] bias (fp16 at D = 64,
+    fp32 at 128, bf16 at 256; key blocks of 64 and 128; full and causal), and packed [Tk, Hv]
+    masks; with the engine the library picks and with the mma.sync kernel forced."""
     monkeypatch.setenv("CFLASH_CUDA_KERNEL", engine)
-    dtype, D, Hq, Hk = "bfloat16", 128, 4, 2
+    dtype, Hq, Hk = "bfloat16", 4, 2
     if not varlen:
-        B, Lq, Lk = 2, 70, 300
+        B, Lq, Lk, causal = 2, 70, 300, D != 64
+        bias_dtype = {64: "float16", 128: "float32", 256: "bfloat16"}[D]
         q, k, v = randn(rng, (B, Lq, Hq, D), dtype), randn(rng, (B, Lk, Hk, D), dtype), randn(rng, (B, Lk, Hk, D), dtype)
         mask = rng.random((B, 1, 1, Lk)) < 0.6
-        bias = rng.standard_normal((B, Hq, 1, Lk)).astype(np.float32)
+        bias = randn(rng, (B, Hq, 1, Lk), bias_dtype)
         out, lse = cflash.attn_dense(cuda(torch, q, dtype), cuda(torch, k, dtype), cuda(torch, v, dtype),
-                                     mask=torch.from_numpy(mask).cuda(), bias=torch.from_numpy(bias).cuda(),
-                                     causal=True, return_lse=True)
-        check(back(out), back(lse), lambda rnd: reference.dense(q, k, v, mask=mask, bias=bias, causal=True, rnd=rnd), dtype)
+                                     mask=torch.from_numpy(mask).cuda(), bias=cuda(torch, bias, bias_dtype),
+                                     causal=causal, softcap=20.0 if D == 256 else 0.0, return_lse=True)
+        check(back(out), back(lse), lambda rnd: reference.dense(q, k, v, mask=mask, bias=bias, causal=causal,
+                                                                softcap=20.0 if D == 256 else 0.0, rnd=rnd), dtype)
         return
     lq, lk = [3, 0, 140, 40], [50, 7, 260, 0]
     cu_q, cu_k = np.cumsum([0] + lq), np.cumsum([0] + lk)
