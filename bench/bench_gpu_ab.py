@@ -1,6 +1,7 @@
 """A / B of one environment switch of the prefill kernel on the same GPU, interleaved.
 
-Runs each case under CFLASH env setting A and setting B in alternating rounds (the library
+Runs each case under CFLASH env setting A and setting B in alternating rounds (each round the
+median of 5 timed calls, the result the median of the rounds; the library
 reads its switches at every launch, so one process serves both), after checking both against an
 fp32 torch reference on a slice of rows. Reports median TFLOP/s of each and the ratio A / B: a
 GPU whose clocks drift between two separate benchmark runs (measured: +-15 % for the same kernel
@@ -8,7 +9,9 @@ on one H100 between runs minutes apart) cannot tell a 5 % change; alternating ro
 
 FLOPs: 4 * B * Hq * (visible scores) * D (QK^T and PV), as bench_gpu.py.
 
-  python3 bench/bench_gpu_ab.py --env CFLASH_CUDA_PERSIST --a "" --b 0 [--filter D=128]
+  python3 bench/bench_gpu_ab.py --env CFLASH_CUDA_KERNEL --a auto --b mma [--filter D=128]
+
+(the prefill engine switch; docs/perf.md used it with a switch of a deleted experiment branch)
 """
 import argparse
 import json
@@ -18,7 +21,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gpu import load_cflash, reference_slice, visible_rows  # noqa: E402
+from bench_gpu import load_cflash, reference_slice, time_ms, visible_rows  # noqa: E402
 
 
 def set_env(name, value):
@@ -71,16 +74,7 @@ def main():
         for _ in range(args.rounds):
             for val, acc in ((args.a, ta), (args.b, tb)):
                 set_env(args.env, val)
-                for _ in range(2):
-                    run()
-                torch.cuda.synchronize()
-                for _ in range(5):
-                    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    s.record()
-                    run()
-                    e.record()
-                    e.synchronize()
-                    acc.append(s.elapsed_time(e))
+                acc.append(time_ms(run, warmup=2, reps=5))
         fa, fb = flops / statistics.median(ta) / 1e9, flops / statistics.median(tb) / 1e9
         print(f"{name:<52} {fa:8.1f} {fb:8.1f} {fa / fb:6.3f} {'y' if ok else 'N'}")
         records.append({"case": name, "unit": "TFLOP/s", "ours": round(fa, 1), "peer": f"{args.env}={args.b}",
