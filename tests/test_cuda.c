@@ -89,6 +89,14 @@ static void add_features(void)
         c = base(dt, 128, 200, 300); c.softcap = 5.0f; c.causal = 1; add(c);
         c = base(dt, 128, 200, 300); c.alibi = 1; c.causal = 1; add(c);
         c = base(dt, 128, 200, 300); c.alibi = 2; c.B = 2; add(c);
+        /* ALiBi with no key right of the diagonal (the column-term path: the row's term goes to
+         * the sink and the LSE), and its edges: top-left with Lk > Lq (same path), with Lk < Lq
+         * (the general path), softcap, long rows */
+        c = base(dt, 128, 200, 300); c.alibi = 2; c.B = 2; c.causal = 1; c.sinks = 1; add(c);
+        c = base(dt, 128, 200, 300); c.alibi = 1; c.causal = 1; c.align = CFLASH_ALIGN_TOP_LEFT; add(c);
+        c = base(dt, 128, 300, 200); c.alibi = 1; c.causal = 1; c.align = CFLASH_ALIGN_TOP_LEFT; c.sinks = 1; add(c);
+        c = base(dt, 64, 200, 300); c.alibi = 1; c.causal = 1; c.softcap = 15.0f; add(c);
+        c = base(dt, 256, 1023, 1023); c.alibi = 2; c.B = 2; c.causal = 1; c.sinks = 1; c.Hq = 2; c.Hk = 1; add(c);
         c = base(dt, 128, 200, 300); c.sinks = 1; add(c);
         c = base(dt, 128, 300, 200); c.sinks = 1; c.causal = 1; add(c); /* empty rows: sink only */
         c = base(dt, 128, 300, 200); c.causal = 1; add(c);              /* empty rows: 0, -inf */

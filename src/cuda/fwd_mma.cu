@@ -352,6 +352,15 @@ fwd_mma_kernel(const struct cuda_fwd f) {
 
     rule rl; /* the rule of the block computed: (si, nb); step counts the blocks so far */
     int si = first_from(s_begin, rl), nb = rl.nb_lo, step = 0;
+    /* ALiBi where no visible key lies right of the diagonal (dhi <= adiag: causal in the
+     * bottom-right alignment, or top-left with Lk >= Lq): there -slope |j - i - diag| =
+     * slope (j - row0 - diag) - slope (i - row0), and the row's term, the same in all its key
+     * blocks, is left out of the scores (the softmax does not see it; the sink and the LSE get it
+     * back in the epilogue). One FFMA per score instead of four; the scores stay within
+     * slope * 127 of the true ones, so fp32 keeps their precision. The plain variant only: in
+     * the GENERAL one (range plans' slices have diagonals of their own) the extra path cost
+     * spills (28 -> 52 bytes at D = 128). */
+    const bool alibi_cols = !GENERAL && f.r.alibi && (int64_t)rl.dhi <= (int64_t)rl.adiag;
 
     /* The steps of one key block both engines share, on S = Q K^T of keys [cs, cs + SUB):
      * the score rules (in base 2), the online softmax (S becomes P, m and l move, corr is the
@@ -360,7 +369,23 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         /* score rules, in base 2: scale, softcap, ALiBi, the visible interval. Each rule is its
          * own loop under a block-uniform branch: folded into one loop, the compiler computes
          * tanh and the ALiBi distance for every score whether or not they are on. */
-        if (score_mods) {
+        if (alibi_cols) {
+            /* ALiBi with no visible key right of the diagonal: the column term slope * (j - row0 -
+             * diag), two values per 8 columns (from a per-block base plus compile-time offsets),
+             * one FFMA per score */
+            const float cbase = slope2 * (float)((int64_t)cs + 2 * (lane % 4) - row0 - rl.adiag);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const float c0v = fmaf(slope2, (float)(nt * 8), cbase), c1v = c0v + slope2;
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const float x = s[mt][nt][e], cj = e & 1 ? c1v : c0v;
+                        s[mt][nt][e] = f.r.softcap > 0.0f ? softcap2 * tanhf(x * cap_in) + cj : fmaf(x, scale2, cj);
+                    }
+            }
+        } else if (score_mods) {
             /* ALiBi's distance j - i - diag as this thread's base for the block plus compile-time
              * offsets, in float (an int -> float conversion per score runs at a quarter of the FMA
              * rate); exact while distances stay below 2^24 */
@@ -725,15 +750,16 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             float sum = l[mt][hr];
             sum += __shfl_xor_sync(0xffffffffu, sum, 1);
             sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            const int ir = warp * 16 * MT + mt * 16 + lane / 4 + hr * 8;
+            const float shift = alibi_cols ? slope2 * (float)ir : 0.0f; /* the row term left out of the scores */
             float mrow = m[mt][hr], factor = 1.0f;
             if (f.r.sinks) {
-                const float mm = fmaxf(mrow, z2);
+                const float zr = z2 + shift, mm = fmaxf(mrow, zr);
                 factor = exp2f(mrow - mm);
-                sum = sum * factor + exp2f(z2 - mm);
+                sum = sum * factor + exp2f(zr - mm);
                 mrow = mm;
             }
             const float inv = sum > 0.0f ? factor / sum : 0.0f;
-            const int ir = warp * 16 * MT + mt * 16 + lane / 4 + hr * 8;
             if (ir >= rows) continue;
             const int64_t t = qorg + row0 + ir;
             if (f.out_dtype == CFLASH_DTYPE_F32) {
@@ -755,7 +781,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             }
             if (f.lse && lane % 4 == 0)
                 f.lse[(int64_t)b * f.lse_sb + (int64_t)h * f.lse_sh + t * f.lse_st] =
-                    sum > 0.0f ? mrow * LN2_F + logf(sum) : -INFINITY;
+                    sum > 0.0f ? (mrow - shift) * LN2_F + logf(sum) : -INFINITY;
         }
 }
 
