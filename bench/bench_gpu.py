@@ -37,8 +37,15 @@ def load_cflash(build):
     return cflash
 
 
-def time_ms(fn, warmup=3, reps=20):
+# calls per timed sample (--inner): 1 times each call alone, host work included (a call's Python
+# and launch overhead lies between its two events); N > 1 queues N calls back to back and
+# divides, so the GPU time of short calls is measured without the host's share
+INNER = 1
+
+
+def time_ms(fn, warmup=3, reps=20, inner=None):
     import torch
+    inner = INNER if inner is None else inner
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -46,10 +53,11 @@ def time_ms(fn, warmup=3, reps=20):
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(inner):
+            fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / inner)
     return statistics.median(times)
 
 
@@ -215,7 +223,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="D=128 only, L in {1k, 4k, 16k}")
     ap.add_argument("--filter", default="", help="comma-separated substrings of case names")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "gpu_prefill.json"))
+    ap.add_argument("--inner", type=int, default=1,
+                    help="calls per timed sample, back to back (1: each call alone, host work included)")
     args = ap.parse_args()
+    global INNER
+    INNER = max(1, args.inner)
 
     import torch
     import torch.nn.functional as F

@@ -126,6 +126,7 @@ def _enter(function, q, k, D, Lq, Lk, params, extra=""):
     stream = _env.stream_of(q)
     if stream is not None:
         params["stream"] = stream
+        params["stream_owner"] = _env.stream_owner(q)
     if _env.TRACE:
         _env.record(function, dtype_of(q), D, Lq, Lk, params, extra)
 
@@ -329,5 +330,6 @@ def merge(o1, lse1, o2, lse2, *, out=None, lse_out=None, return_lse=True, out_dt
     _env.check_backend(o1, "o1")
     out, lse_out = _outputs(o1, out, shape, out_dtype, lse_out, lse_shape, return_lse, ("o1", "out", "lse_out"))
     stream = _env.stream_of(o1)
-    _cflash.merge(o1, lse1, o2, lse2, out, lse_out, stream=stream or 0)
+    _cflash.merge(o1, lse1, o2, lse2, out, lse_out, stream=stream or 0,
+                  stream_owner=_env.stream_owner(o1) if stream is not None else None)
     return _result(o1, out, lse_out, return_lse)

@@ -69,13 +69,20 @@ struct dl_args {
     struct dl_ref ref[DL_ARGS_MAX];
     int n;
     long long stream; /* the call's CUDA stream (keyword `stream`; 0 = the legacy default) */
+    PyObject *owner;  /* keyword `stream_owner`: a tensor type whose current stream `stream` is, or NULL */
 };
 
 /* The tensors of an attention call are exported on its stream: a CUDA producer then orders
- * its pending work before the call (DLPack's stream argument), so nothing waits on the host. */
+ * its pending work before the call (DLPack's stream argument), so nothing waits on the host.
+ * Tensors of exactly the type `stream_owner` (the Python layer passes torch's tensor type when
+ * `stream` is torch's current stream) are exported with stream -1, no synchronization: torch
+ * orders its current stream before the consumer's, here the same stream, so its work there (a
+ * stream object and an event check per tensor, tens of microseconds a call) would do nothing. */
 static void args_init(struct dl_args *a, PyObject *kwargs) {
     a->n = 0;
     a->stream = 0;
+    a->owner = kwargs ? PyDict_GetItemString(kwargs, "stream_owner") : NULL; /* borrowed: kwargs outlives the call */
+    if (a->owner == Py_None) a->owner = NULL;
     PyObject *s = kwargs ? PyDict_GetItemString(kwargs, "stream") : NULL;
     if (s && PyLong_Check(s)) {
         a->stream = PyLong_AsLongLong(s);
@@ -291,7 +298,8 @@ static int dl_get(struct dl_args *a, const char *name, PyObject *obj, int flags,
     }
     struct dl_ref *r = &a->ref[a->n++];
     memset(r, 0, sizeof *r);
-    if (dl_import(name, obj, flags, a->stream, r)) return -1;
+    const long long stream = a->owner && (PyObject *)Py_TYPE(obj) == a->owner ? -1 : a->stream;
+    if (dl_import(name, obj, flags, stream, r)) return -1;
     *t = &r->t;
     return 0;
 }
@@ -328,19 +336,19 @@ static PyObject *finish(struct dl_args *a, enum cflash_status st) {
 static int parse_params(const char *fname, PyObject *kwargs, struct dl_args *a, struct cflash_attn_params *p) {
     static char *names[] = {"scale", "softcap", "causal", "align", "window_left", "window_right",
                             "alibi_slopes", "sinks", "num_threads", "kernel", "mask",
-                            "mask_layout", "bias", "bias_layout", "stream", NULL};
+                            "mask_layout", "bias", "bias_layout", "stream", "stream_owner", NULL};
     *p = cflash_attn_params_default();
-    PyObject *alibi = Py_None, *sinks = Py_None, *mask = Py_None, *bias = Py_None;
+    PyObject *alibi = Py_None, *sinks = Py_None, *mask = Py_None, *bias = Py_None, *owner = Py_None;
     int causal = p->causal, align = (int)p->align, kernel = (int)p->kernel;
     int mask_layout = (int)p->mask_layout, bias_layout = (int)p->bias_layout, threads = p->num_threads;
     long long wl = p->window_left, wr = p->window_right, stream = 0;
     char fmt[64];
-    snprintf(fmt, sizeof fmt, "|$ffpiLLOOiiOiOiL:%s", fname);
+    snprintf(fmt, sizeof fmt, "|$ffpiLLOOiiOiOiLO:%s", fname);
     PyObject *empty = PyTuple_New(0);
     if (!empty) return -1;
     const int ok = PyArg_ParseTupleAndKeywords(empty, kwargs, fmt, names, &p->scale, &p->softcap,
                                                &causal, &align, &wl, &wr, &alibi, &sinks, &threads,
-                                               &kernel, &mask, &mask_layout, &bias, &bias_layout, &stream);
+                                               &kernel, &mask, &mask_layout, &bias, &bias_layout, &stream, &owner);
     Py_DECREF(empty);
     if (!ok) return -1;
     p->causal = causal;
@@ -711,10 +719,11 @@ static PyObject *py_attn_mlm(PyObject *self, PyObject *args, PyObject *kwargs) {
 }
 
 static PyObject *py_merge(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"o1", "lse1", "o2", "lse2", "out", "lse_out", "stream", NULL};
-    PyObject *o1, *l1, *o2, *l2, *out, *lout;
+    static char *names[] = {"o1", "lse1", "o2", "lse2", "out", "lse_out", "stream", "stream_owner", NULL};
+    PyObject *o1, *l1, *o2, *l2, *out, *lout, *owner = Py_None;
     long long stream = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|$L:merge", names, &o1, &l1, &o2, &l2, &out, &lout, &stream))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|$LO:merge", names, &o1, &l1, &o2, &l2, &out, &lout, &stream,
+                                     &owner))
         return NULL;
     struct dl_args a;
     args_init(&a, kwargs);

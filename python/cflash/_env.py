@@ -57,6 +57,12 @@ def check_backend(x, name="q"):
                                   f"move the tensors)")
 
 
+def stream_owner(x):
+    """The tensor type whose current stream stream_of(x) returned (torch's), or None: tensors of
+    exactly that type are exported without DLPack's stream synchronization (_cflash.c)."""
+    return type(x) if type(x).__module__.partition(".")[0] == "torch" else None
+
+
 def stream_of(x):
     """The CUDA stream a call on x runs on: the framework's current stream for x's device (torch:
     torch.cuda.current_stream; CuPy: cupy.cuda.get_current_stream), 0 (the legacy default
