@@ -317,9 +317,9 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     const float sc = score_mods || scale2 <= 0.0f ? 1.0f : scale2; /* scale left for exp2 */
     /* Key-side sources (one value per key: sq == 0 for the mask and the bias, flash-dmattn's
      * case) are staged: per key block, BN threads read key c0 + t's values into one additive
-     * term (log2(e) * bias, -inf where the mask is 0 or the key is past the hint), kept in a
-     * register during block n and stored to sX[(n + 1) % 2] at its end, read by the score rules
-     * as one add per score. Read per score from global memory instead, they halved the kernel
+     * term (log2(e) * bias, -inf where the mask is 0 or the key is past the hint) for block
+     * n + 1, kept in a register during block n and stored to sX[(n + 1) % 2] (wgmma: once block
+     * n's wgmmas are issued; mma.sync: at its end), read by the score rules as one add per score. Read per score from global memory instead, they halved the kernel
      * (140 against 426 TFLOP/s dense, 70 % of keys kept). */
     const bool stage = mask_or_bias && f.mask.sq == 0 && f.bias.sq == 0;
     const int jmax_k = (int)(lk < hint_k ? lk : hint_k) - 1; /* the last key inside the hints */
@@ -410,12 +410,13 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                     for (int e = 0; e < 4; e++) s[mt][nt][e] *= scale2;
         } /* else the scale is applied inside exp2 (one FFMA per score) */
         if constexpr (GENERAL) if (mask_or_bias) {
-            /* Masks and biases from global memory (L1 / L2 resident). All reads of a block are
-             * issued before the first use: indices are clamped into the sequence and its hints
-             * (a packed sequence longer than its hint, i.e. bad device metadata, must not read
-             * past the shapes checked against the hints; its out-of-hint scores are dropped), so
-             * no branch separates the loads. Key-side sources (one value per key, sq == 0) are
-             * read once per key column instead of once per score. */
+            /* Key-side sources (sq == 0 for both) come from the staged buffer (`stage`). Other
+             * masks and biases are read from global memory (L1 / L2 resident). All reads of a
+             * block are issued before the first use: indices are clamped into the sequence and
+             * its hints (a packed sequence longer than its hint, i.e. bad device metadata, must
+             * not read past the shapes checked against the hints; its out-of-hint scores are
+             * dropped), so no branch separates the loads. (pass()'s per-key-column path is no
+             * longer reached: staging serves every key-side call.) */
             const int imax = (int)(lq < hint_q ? lq : hint_q) - 1, jmax = (int)(lk < hint_k ? lk : hint_k) - 1;
             const bool keyside = f.mask.sq == 0 && f.bias.sq == 0;
             if (stage) { /* the staged key-side term: one add per score */
@@ -443,54 +444,54 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                         }
                 }
             } else {
-            auto apply = [&](float &x, int i, int j, float v, bool is_mask) {
-                if (i >= lq || j >= lk) return; /* outside the sequence: the visibility rule's */
-                x = i > imax || j > jmax ? -INFINITY : is_mask ? (v == 0.0f ? -INFINITY : x) : x + LOG2E_F * v;
-            };
-            auto pass = [&](auto tag, const void *data, int64_t base, int64_t sq, int64_t sk, bool is_mask) {
-                using S = decltype(tag);
-                const S *src = (const S *)data + base;
-                if (keyside) {
+                auto apply = [&](float &x, int i, int j, float v, bool is_mask) {
+                    if (i >= lq || j >= lk) return; /* outside the sequence: the visibility rule's */
+                    x = i > imax || j > jmax ? -INFINITY : is_mask ? (v == 0.0f ? -INFINITY : x) : x + LOG2E_F * v;
+                };
+                auto pass = [&](auto tag, const void *data, int64_t base, int64_t sq, int64_t sk, bool is_mask) {
+                    using S = decltype(tag);
+                    const S *src = (const S *)data + base;
+                    if (keyside) {
 #pragma unroll
-                    for (int nt = 0; nt < NT; nt++)
+                        for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                        for (int c = 0; c < 2; c++) {
-                            const int j = cs + nt * 8 + 2 * (lane % 4) + c;
-                            const float v = src_val(src[(int64_t)(j < jmax ? j : jmax) * sk]);
+                            for (int c = 0; c < 2; c++) {
+                                const int j = cs + nt * 8 + 2 * (lane % 4) + c;
+                                const float v = src_val(src[(int64_t)(j < jmax ? j : jmax) * sk]);
 #pragma unroll
-                            for (int mt = 0; mt < MT; mt++) {
-                                apply(s[mt][nt][c], row_base + mt * 16, j, v, is_mask);
-                                apply(s[mt][nt][2 + c], row_base + mt * 16 + 8, j, v, is_mask);
+                                for (int mt = 0; mt < MT; mt++) {
+                                    apply(s[mt][nt][c], row_base + mt * 16, j, v, is_mask);
+                                    apply(s[mt][nt][2 + c], row_base + mt * 16 + 8, j, v, is_mask);
+                                }
                             }
-                        }
-                } else {
+                    } else {
+#pragma unroll
+                        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                                for (int e = 0; e < 4; e++) {
+                                    const int i = row_base + mt * 16 + (e / 2) * 8;
+                                    const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
+                                    const int ic = i < imax ? i : imax, jc = j < jmax ? j : jmax;
+                                    apply(s[mt][nt][e], i, j, src_val(src[(int64_t)ic * sq + (int64_t)jc * sk]), is_mask);
+                                }
+                    }
+                };
+                if (jmax < 0 || (imax < 0 && !keyside)) { /* nothing inside the hints (bad metadata): all dropped */
 #pragma unroll
                     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
                         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                            for (int e = 0; e < 4; e++) {
-                                const int i = row_base + mt * 16 + (e / 2) * 8;
-                                const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
-                                const int ic = i < imax ? i : imax, jc = j < jmax ? j : jmax;
-                                apply(s[mt][nt][e], i, j, src_val(src[(int64_t)ic * sq + (int64_t)jc * sk]), is_mask);
-                            }
+                            for (int e = 0; e < 4; e++)
+                                apply(s[mt][nt][e], row_base + mt * 16 + (e / 2) * 8, cs + nt * 8 + 2 * (lane % 4) + (e & 1), 0.0f, true);
+                } else {
+                    if (f.bias.dtype == CFLASH_DTYPE_F32 && f.bias.data) pass(0.0f, f.bias.data, bias_base, f.bias.sq, f.bias.sk, false);
+                    if (f.bias.dtype == CFLASH_DTYPE_F16 && f.bias.data) pass(__half(), f.bias.data, bias_base, f.bias.sq, f.bias.sk, false);
+                    if (f.bias.dtype == CFLASH_DTYPE_BF16 && f.bias.data) pass(__nv_bfloat16(), f.bias.data, bias_base, f.bias.sq, f.bias.sk, false);
+                    if (f.mask.data) pass((uint8_t)0, f.mask.data, mask_base, f.mask.sq, f.mask.sk, true);
                 }
-            };
-            if (jmax < 0 || (imax < 0 && !keyside)) { /* nothing inside the hints (bad metadata): all dropped */
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++)
-                            apply(s[mt][nt][e], row_base + mt * 16 + (e / 2) * 8, cs + nt * 8 + 2 * (lane % 4) + (e & 1), 0.0f, true);
-            } else {
-                if (f.bias.dtype == CFLASH_DTYPE_F32 && f.bias.data) pass(0.0f, f.bias.data, bias_base, f.bias.sq, f.bias.sk, false);
-                if (f.bias.dtype == CFLASH_DTYPE_F16 && f.bias.data) pass(__half(), f.bias.data, bias_base, f.bias.sq, f.bias.sk, false);
-                if (f.bias.dtype == CFLASH_DTYPE_BF16 && f.bias.data) pass(__nv_bfloat16(), f.bias.data, bias_base, f.bias.sq, f.bias.sk, false);
-                if (f.mask.data) pass((uint8_t)0, f.mask.data, mask_base, f.mask.sq, f.mask.sk, true);
-            }
             }
         }
         if (!(cs >= rl.full_lo && cs + SUB - 1 <= rl.full_hi)) { /* some row does not see all of it */
