@@ -360,7 +360,8 @@ fwd_mma_kernel(const struct cuda_fwd f) {
      * slope * 127 of the true ones, so fp32 keeps their precision. The plain variant only: in
      * the GENERAL one (range plans' slices have diagonals of their own) the extra path cost
      * spills (28 -> 52 bytes at D = 128). */
-    const bool alibi_cols = !GENERAL && f.r.alibi && (int64_t)rl.dhi <= (int64_t)rl.adiag;
+    /* derived where used (a bool kept live through the loop cost the plain kernel spills) */
+    auto alibi_cols = [&]() -> bool { return !GENERAL && f.r.alibi && (int64_t)rl.dhi <= (int64_t)rl.adiag; };
 
     /* The steps of one key block both engines share, on S = Q K^T of keys [cs, cs + SUB):
      * the score rules (in base 2), the online softmax (S becomes P, m and l move, corr is the
@@ -369,7 +370,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         /* score rules, in base 2: scale, softcap, ALiBi, the visible interval. Each rule is its
          * own loop under a block-uniform branch: folded into one loop, the compiler computes
          * tanh and the ALiBi distance for every score whether or not they are on. */
-        if (alibi_cols) {
+        if (alibi_cols()) {
             /* ALiBi with no visible key right of the diagonal: the column term slope * (j - row0 -
              * diag), two values per 8 columns (from a per-block base plus compile-time offsets),
              * one FFMA per score */
@@ -415,10 +416,8 @@ fwd_mma_kernel(const struct cuda_fwd f) {
              * block are issued before the first use: indices are clamped into the sequence and
              * its hints (a packed sequence longer than its hint, i.e. bad device metadata, must
              * not read past the shapes checked against the hints; its out-of-hint scores are
-             * dropped), so no branch separates the loads. (pass()'s per-key-column path is no
-             * longer reached: staging serves every key-side call.) */
+             * dropped), so no branch separates the loads. */
             const int imax = (int)(lq < hint_q ? lq : hint_q) - 1, jmax = (int)(lk < hint_k ? lk : hint_k) - 1;
-            const bool keyside = f.mask.sq == 0 && f.bias.sq == 0;
             if (stage) { /* the staged key-side term: one add per score */
                 const float2 *kx = (const float2 *)(sX + (step & 1) * BN + (cs - nb * BN)) + lane % 4;
 #pragma unroll
@@ -451,34 +450,19 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                 auto pass = [&](auto tag, const void *data, int64_t base, int64_t sq, int64_t sk, bool is_mask) {
                     using S = decltype(tag);
                     const S *src = (const S *)data + base;
-                    if (keyside) {
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
                         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                            for (int c = 0; c < 2; c++) {
-                                const int j = cs + nt * 8 + 2 * (lane % 4) + c;
-                                const float v = src_val(src[(int64_t)(j < jmax ? j : jmax) * sk]);
-#pragma unroll
-                                for (int mt = 0; mt < MT; mt++) {
-                                    apply(s[mt][nt][c], row_base + mt * 16, j, v, is_mask);
-                                    apply(s[mt][nt][2 + c], row_base + mt * 16 + 8, j, v, is_mask);
-                                }
+                            for (int e = 0; e < 4; e++) {
+                                const int i = row_base + mt * 16 + (e / 2) * 8;
+                                const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
+                                const int ic = i < imax ? i : imax, jc = j < jmax ? j : jmax;
+                                apply(s[mt][nt][e], i, j, src_val(src[(int64_t)ic * sq + (int64_t)jc * sk]), is_mask);
                             }
-                    } else {
-#pragma unroll
-                        for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                                for (int e = 0; e < 4; e++) {
-                                    const int i = row_base + mt * 16 + (e / 2) * 8;
-                                    const int j = cs + nt * 8 + 2 * (lane % 4) + (e & 1);
-                                    const int ic = i < imax ? i : imax, jc = j < jmax ? j : jmax;
-                                    apply(s[mt][nt][e], i, j, src_val(src[(int64_t)ic * sq + (int64_t)jc * sk]), is_mask);
-                                }
-                    }
                 };
-                if (jmax < 0 || (imax < 0 && !keyside)) { /* nothing inside the hints (bad metadata): all dropped */
+                if (jmax < 0 || imax < 0) { /* nothing inside the hints (bad metadata): all dropped */
 #pragma unroll
                     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -752,7 +736,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             sum += __shfl_xor_sync(0xffffffffu, sum, 1);
             sum += __shfl_xor_sync(0xffffffffu, sum, 2);
             const int ir = warp * 16 * MT + mt * 16 + lane / 4 + hr * 8;
-            const float shift = alibi_cols ? slope2 * (float)ir : 0.0f; /* the row term left out of the scores */
+            const float shift = alibi_cols() ? slope2 * (float)ir : 0.0f; /* the row term left out of the scores */
             float mrow = m[mt][hr], factor = 1.0f;
             if (f.r.sinks) {
                 const float zr = z2 + shift, mm = fmaxf(mrow, zr);
