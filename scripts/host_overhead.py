@@ -50,7 +50,7 @@ def main():
             ("cflash.attn_dense(out=)", lambda: cflash.attn_dense(q, k, v, out=out)),
             ("q.__dlpack__(stream=current)", lambda: q.__dlpack__(stream=s, max_version=(1, 0))),
             ("q.__dlpack__(stream=-1)", lambda: q.__dlpack__(stream=-1, max_version=(1, 0))),
-            ("_env.stream_of(q)", lambda: _env.stream_of(q)),
+            ("_env.call_stream(q)", lambda: _env.call_stream(q)),
             ("q.__dlpack_device__()", lambda: q.__dlpack_device__()),
             ("_cflash.attn_dense (C: 4 exports, checks, launch)", lambda: _cflash.attn_dense(q, k, v, out, None, **params))]
     for name, fn in rows:

@@ -120,13 +120,11 @@ def _enter(function, q, k, D, Lq, Lk, params, extra=""):
     """What every call does before the kernel: the CFLASH_BACKEND check, the CUDA stream of a GPU
     call (the framework's current stream: the kernel is queued there, nothing waits) and, with
     CFLASH_TRACE=1, the call count (Lq / Lk: lengths for dense calls, token totals for packed ones)."""
-    _env.check_backend(q, "q")
-    if k is not None:
-        _env.check_backend(k, "k")
-    stream = _env.stream_of(q)
+    _env.check_backend(q, "q", k, "k")
+    stream, owner = _env.call_stream(q)
     if stream is not None:
         params["stream"] = stream
-        params["stream_owner"] = _env.stream_owner(q)
+        params["stream_owner"] = owner
     if _env.TRACE:
         _env.record(function, dtype_of(q), D, Lq, Lk, params, extra)
 
@@ -329,7 +327,6 @@ def merge(o1, lse1, o2, lse2, *, out=None, lse_out=None, return_lse=True, out_dt
     lse_shape = (shape[1], shape[0]) if len(shape) == 3 else (shape[0], shape[2], shape[1])
     _env.check_backend(o1, "o1")
     out, lse_out = _outputs(o1, out, shape, out_dtype, lse_out, lse_shape, return_lse, ("o1", "out", "lse_out"))
-    stream = _env.stream_of(o1)
-    _cflash.merge(o1, lse1, o2, lse2, out, lse_out, stream=stream or 0,
-                  stream_owner=_env.stream_owner(o1) if stream is not None else None)
+    stream, owner = _env.call_stream(o1)
+    _cflash.merge(o1, lse1, o2, lse2, out, lse_out, stream=stream or 0, stream_owner=owner)
     return _result(o1, out, lse_out, return_lse)

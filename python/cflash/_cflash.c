@@ -62,6 +62,7 @@ struct dl_ref {
     DLManagedTensor *legacy;
     struct DLManagedTensorVersioned *versioned;
     int readonly;
+    int exchange; /* imported through the type's DLPack exchange table (describe() reports it) */
 };
 
 /* All tensors of one call, released together. */
@@ -240,10 +241,68 @@ static int dl_fill(const char *name, const DLTensor *dl, int readonly, int flags
     return 0;
 }
 
-/* Import one DLPack object into r (the caller releases r, also on error). The capsule is
- * renamed "used_dltensor[_versioned]" as the protocol requires: its producer's destructor then
- * leaves the tensor to us, and dl_release() calls the deleter. */
+/* DLPack 1.3's C exchange table of a tensor type (`type(x).__dlpack_c_exchange_api__`, a
+ * capsule "dlpack_exchange_api"; torch >= 2.10 has one), or NULL. Types are looked up once and
+ * kept (a strong reference each, so a cached address cannot be reused by another type); a call
+ * sees two or three types, so a short table does. Types past the table are looked up per call. */
+#define EXCHANGE_CACHE 8
+static struct { PyTypeObject *type; const DLPackExchangeAPI *api; } exchange_cache[EXCHANGE_CACHE];
+
+static const DLPackExchangeAPI *exchange_api(PyTypeObject *tp) {
+    for (int i = 0; i < EXCHANGE_CACHE && exchange_cache[i].type; i++)
+        if (exchange_cache[i].type == tp) return exchange_cache[i].api;
+    const DLPackExchangeAPI *api = NULL;
+    PyObject *cap = PyObject_GetAttrString((PyObject *)tp, "__dlpack_c_exchange_api__");
+    if (cap && PyCapsule_IsValid(cap, "dlpack_exchange_api")) {
+        api = PyCapsule_GetPointer(cap, "dlpack_exchange_api");
+        /* another major version lays the table out differently; the functions used here must be set */
+        if (api && (api->header.version.major != DLPACK_MAJOR_VERSION || !api->managed_tensor_from_py_object_no_sync ||
+                    !api->current_work_stream))
+            api = NULL;
+    }
+    Py_XDECREF(cap); /* the table lives as long as the process (DLPack 1.3), not the capsule object */
+    PyErr_Clear();
+    for (int i = 0; i < EXCHANGE_CACHE; i++)
+        if (!exchange_cache[i].type) {
+            Py_INCREF(tp);
+            exchange_cache[i].type = tp;
+            exchange_cache[i].api = api;
+            break;
+        }
+    return api;
+}
+
+/* The fast import through the exchange table (no Python call, no capsule). It performs no
+ * stream synchronization, so it serves tensors that need none: CPU memory, and device tensors
+ * of the type whose current stream the call runs on (stream == -1, see args_init). Returns 1
+ * when r holds the tensor, 0 when the caller should take the __dlpack__ path (nothing held,
+ * no exception), -1 with an exception set. */
+static int dl_import_exchange(const char *name, PyObject *obj, int flags, long long stream, struct dl_ref *r) {
+    const DLPackExchangeAPI *api = exchange_api(Py_TYPE(obj));
+    if (!api) return 0;
+    DLManagedTensorVersioned *m = NULL;
+    if (api->managed_tensor_from_py_object_no_sync(obj, &m) != 0 || !m) {
+        if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "%s: the DLPack exchange of %s failed", name, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    const int type = (int)m->dl_tensor.device.device_type;
+    if (m->version.major != DLPACK_MAJOR_VERSION || (stream != -1 && type != kDLCPU && type != kDLCUDAHost)) {
+        if (m->deleter) m->deleter(m); /* a device tensor wanting the stream argument: __dlpack__ */
+        return 0;
+    }
+    r->versioned = m;
+    r->readonly = (m->flags & DLPACK_FLAG_BITMASK_READ_ONLY) != 0;
+    r->exchange = 1;
+    return dl_fill(name, &m->dl_tensor, r->readonly, flags, &r->t) ? -1 : 1;
+}
+
+/* Import one DLPack object into r (the caller releases r, also on error): through the type's
+ * exchange table where it has one and no synchronization is needed, else __dlpack__. The
+ * capsule is renamed "used_dltensor[_versioned]" as the protocol requires: its producer's
+ * destructor then leaves the tensor to us, and dl_release() calls the deleter. */
 static int dl_import(const char *name, PyObject *obj, int flags, long long stream, struct dl_ref *r) {
+    const int fast = dl_import_exchange(name, obj, flags, stream, r);
+    if (fast) return fast < 0 ? -1 : 0;
     PyObject *meth = PyObject_GetAttrString(obj, "__dlpack__");
     if (!meth) {
         PyErr_Clear();
@@ -754,10 +813,11 @@ static PyObject *py_describe(PyObject *self, PyObject *args) {
         PyTuple_SET_ITEM(shape, i, PyLong_FromLongLong(t->shape[i]));
         PyTuple_SET_ITEM(strides, i, PyLong_FromLongLong(t->stride[i]));
     }
-    PyObject *d = shape && strides ? Py_BuildValue("{s:O,s:O,s:s,s:K,s:O,s:s}", "shape", shape, "strides", strides,
+    PyObject *d = shape && strides ? Py_BuildValue("{s:O,s:O,s:s,s:K,s:O,s:s,s:O}", "shape", shape, "strides", strides,
                                                    "dtype", dtypes[t->dtype], "data", (unsigned long long)(uintptr_t)t->data,
                                                    "readonly", a.ref[0].readonly ? Py_True : Py_False,
-                                                   "capsule", a.ref[0].versioned ? "dltensor_versioned" : "dltensor")
+                                                   "capsule", a.ref[0].versioned ? "dltensor_versioned" : "dltensor",
+                                                   "exchange", a.ref[0].exchange ? Py_True : Py_False)
                                    : NULL;
     Py_XDECREF(shape);
     Py_XDECREF(strides);
@@ -1002,6 +1062,33 @@ static PyObject *py_cpu_workspace_size(PyObject *self, PyObject *args) {
     return PyLong_FromSize_t(cflash_cpu_workspace_size(Hq, Hk, D, Dv, threads));
 }
 
+/* work_stream(x): for a tensor whose type has a DLPack exchange table, (device_type, stream):
+ * the framework's current work stream on x's device as an int for CUDA tensors (0 = the legacy
+ * default stream), None for others; None when the type has no table (the Python layer then asks
+ * the framework itself). One C call instead of torch.cuda.current_stream(x.device). */
+static PyObject *py_work_stream(PyObject *self, PyObject *x) {
+    const DLPackExchangeAPI *api = exchange_api(Py_TYPE(x));
+    if (!api) Py_RETURN_NONE;
+    DLDevice dev;
+    if (api->dltensor_from_py_object_no_sync) {
+        DLTensor t;
+        if (api->dltensor_from_py_object_no_sync(x, &t) != 0) return NULL;
+        dev = t.device;
+    } else {
+        DLManagedTensorVersioned *m = NULL;
+        if (api->managed_tensor_from_py_object_no_sync(x, &m) != 0 || !m) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "the DLPack exchange of %s failed", Py_TYPE(x)->tp_name);
+            return NULL;
+        }
+        dev = m->dl_tensor.device;
+        if (m->deleter) m->deleter(m);
+    }
+    if (!is_cuda_device((int)dev.device_type)) return Py_BuildValue("(iO)", (int)dev.device_type, Py_None);
+    void *stream = NULL;
+    if (api->current_work_stream(dev.device_type, dev.device_id, &stream) != 0) return NULL;
+    return Py_BuildValue("(iL)", (int)dev.device_type, (long long)(intptr_t)stream);
+}
+
 static PyObject *py_exception_for_status(PyObject *self, PyObject *args) {
     int st;
     const char *msg = "";
@@ -1027,6 +1114,7 @@ static PyMethodDef module_methods[] = {
      "out, lse, **params): cflash_attn_mlm"},
     {"merge", (PyCFunction)(void (*)(void))py_merge, METH_VARARGS | METH_KEYWORDS,
      "merge(o1, lse1, o2, lse2, out, lse_out, *, stream=0): cflash_merge_on_stream"},
+    {"work_stream", py_work_stream, METH_O, "work_stream(x): (DLPack device type, current CUDA stream or None) through x's DLPack exchange table; None without one"},
     {"describe", py_describe, METH_VARARGS, "describe(x, name='x'): the converter's view of a DLPack tensor, as a dict"},
     {"empty", py_empty, METH_VARARGS, "empty(shape, dtype): an uninitialized Buffer"},
     {"kernel_name", py_kernel_name, METH_O, "kernel_name(k): cflash_kernel_name"},

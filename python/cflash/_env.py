@@ -44,39 +44,47 @@ def _device_type(x):
     return int(device()[0]) if device is not None else 1
 
 
-def check_backend(x, name="q"):
-    """NotImplementedError when CFLASH_BACKEND excludes the backend of x's device."""
+def check_backend(x, name="q", y=None, y_name="k"):
+    """NotImplementedError when CFLASH_BACKEND excludes the backend of x's device (and y's)."""
+    if "CFLASH_BACKEND" not in os.environ:
+        return
     want = backend()
     if want == "auto":
         return
-    have = "cpu" if _device_type(x) == 1 else "cuda"
-    if have != want:
-        where = _DEVICE_NAMES.get(_device_type(x), f"device type {_device_type(x)}")
-        raise NotImplementedError(f"{name}: CFLASH_BACKEND={want}, but the tensor is on {where} "
-                                  f"(cflash does not copy between devices; unset CFLASH_BACKEND or "
-                                  f"move the tensors)")
+    for t, t_name in ((x, name), (y, y_name)):
+        if t is None:
+            continue
+        have = "cpu" if _device_type(t) == 1 else "cuda"
+        if have != want:
+            where = _DEVICE_NAMES.get(_device_type(t), f"device type {_device_type(t)}")
+            raise NotImplementedError(f"{t_name}: CFLASH_BACKEND={want}, but the tensor is on {where} "
+                                      f"(cflash does not copy between devices; unset CFLASH_BACKEND or "
+                                      f"move the tensors)")
 
 
-def stream_owner(x):
-    """The tensor type whose current stream stream_of(x) returned (torch's), or None: tensors of
-    exactly that type are exported without DLPack's stream synchronization (_cflash.c)."""
-    return type(x) if type(x).__module__.partition(".")[0] == "torch" else None
+def call_stream(x):
+    """(stream, owner) of a call on x. stream: the CUDA stream the call runs on, the framework's
+    current stream for x's device (0 = the legacy default stream), None for CPU tensors. owner:
+    the tensor type whose current stream that is, or None; tensors of exactly that type are
+    exported without DLPack's stream synchronization (_cflash.c), which would do nothing there.
 
-
-def stream_of(x):
-    """The CUDA stream a call on x runs on: the framework's current stream for x's device (torch:
-    torch.cuda.current_stream; CuPy: cupy.cuda.get_current_stream), 0 (the legacy default
-    stream) for others; None for CPU tensors."""
+    Types with a DLPack exchange table (DLPack 1.3 `__dlpack_c_exchange_api__`: torch >= 2.10)
+    answer in one C call (_cflash.work_stream); others: torch.cuda.current_stream, CuPy's
+    current stream, 0 (the legacy default stream) for other producers."""
+    found = _cflash.work_stream(x)
+    if found is not None:
+        stream = found[1]
+        return stream, (type(x) if stream is not None else None)
     if _device_type(x) not in (2, 13):
-        return None
+        return None, None
     module = type(x).__module__.partition(".")[0]
     if module == "torch":
         import torch
-        return torch.cuda.current_stream(x.device).cuda_stream
+        return torch.cuda.current_stream(x.device).cuda_stream, type(x)
     if module == "cupy":
         import cupy
-        return cupy.cuda.get_current_stream().ptr
-    return 0
+        return cupy.cuda.get_current_stream().ptr, None
+    return 0, None
 
 
 def _kind(params, extra):

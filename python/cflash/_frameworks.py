@@ -19,16 +19,26 @@ from . import _cflash
 TORCH, NUMPY, JAX, DLPACK = "torch", "numpy", "jax", "dlpack"
 
 
+_BY_TYPE = {}  # type -> framework(): a call asks for its tensors' frameworks several times
+
+
 def framework(x):
     """"torch", "numpy", "jax" or "dlpack" (another DLPack producer); None for a non-tensor."""
+    kind = _BY_TYPE.get(type(x), False)
+    if kind is not False:
+        return kind
     root = type(x).__module__.partition(".")[0]
     if root == "torch":
-        return TORCH
-    if root == "numpy":
-        return NUMPY
-    if root in ("jax", "jaxlib"):
-        return JAX
-    return DLPACK if hasattr(x, "__dlpack__") else None
+        kind = TORCH
+    elif root == "numpy":
+        kind = NUMPY
+    elif root in ("jax", "jaxlib"):
+        kind = JAX
+    else:
+        kind = DLPACK if hasattr(x, "__dlpack__") else None
+    if kind is not None and len(_BY_TYPE) < 64:
+        _BY_TYPE[type(x)] = kind
+    return kind
 
 
 def require_tensor(name, x):
@@ -42,7 +52,7 @@ def require_tensor(name, x):
 def shape_of(x, name="x"):
     if framework(x) == DLPACK:
         return tuple(_cflash.describe(x, name)["shape"])
-    return tuple(int(n) for n in x.shape)
+    return tuple(x.shape)  # torch.Size, NumPy and JAX shapes hold Python ints
 
 
 def dtype_of(x, name="x"):

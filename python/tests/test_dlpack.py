@@ -245,6 +245,117 @@ def test_buffer_errors():
         b.__dlpack__(copy=True)
 
 
+class DLPackExchangeAPI(ctypes.Structure):
+    """DLPack 1.3's C exchange table (`__dlpack_c_exchange_api__`), as a framework exposes it."""
+    _fields_ = [("version", DLPackVersion), ("prev_api", ctypes.c_void_p),
+                ("managed_tensor_allocator", ctypes.c_void_p),
+                ("managed_tensor_from_py_object_no_sync",
+                 ctypes.CFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.POINTER(ctypes.c_void_p))),
+                ("managed_tensor_to_py_object_no_sync", ctypes.c_void_p),
+                ("dltensor_from_py_object_no_sync",
+                 ctypes.CFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.POINTER(DLTensor))),
+                ("current_work_stream",
+                 ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p)))]
+
+
+_TABLES = []  # exchange tables and their callbacks live as long as the process (DLPack 1.3)
+
+
+def exchange_producer(major=1, fail=False, stream=0x1234):
+    """A Producer type with an exchange table (a new type each time: the extension caches tables
+    per type). Its no-sync exports are counted in `exchanged`; __dlpack__ stays available."""
+
+    class ExchangeProducer(Producer):
+        exchanged = 0
+
+    def from_py(obj, out):
+        if fail:
+            return -1  # no Python exception set: the extension must raise one itself
+        m = DLManagedTensorVersioned(DLPackVersion(obj.major, 3), None, obj.deleter, obj.flags, obj.dl)
+        obj.live[ctypes.addressof(m)] = m
+        type(obj).exchanged += 1
+        out[0] = ctypes.addressof(m)
+        return 0
+
+    def dltensor(obj, out):
+        out[0] = obj.dl
+        return 0
+
+    def work_stream(device_type, device_id, out):
+        out[0] = stream
+        return 0
+
+    fields = DLPackExchangeAPI._fields_
+    table = DLPackExchangeAPI(DLPackVersion(major, 3), None, None, fields[3][1](from_py), None,
+                              fields[5][1](dltensor), fields[6][1](work_stream))
+    _TABLES.append(table)
+    ExchangeProducer.__dlpack_c_exchange_api__ = _new_capsule(ctypes.addressof(table), b"dlpack_exchange_api", None)
+    return ExchangeProducer
+
+
+def test_exchange_table(rng):
+    """Types with a DLPack 1.3 exchange table are read through it (no __dlpack__ call) where no
+    stream synchronization is needed; the managed tensor's deleter runs once; values are right."""
+    q = randn(rng, (1, 5, 2, 8)).astype(np.float32)
+    k = randn(rng, (1, 7, 2, 8)).astype(np.float32)
+    P = exchange_producer()
+    prod = P(q, q.shape)
+    d = _cflash.describe(prod)
+    assert d["exchange"] and d["capsule"] == "dltensor_versioned" and d["shape"] == q.shape
+    assert P.exchanged == 1 and prod.capsule is None and prod.all_deleted()
+    assert _cflash.work_stream(prod) == (1, None)  # a CPU tensor: no stream
+    prods = [P(x, x.shape) for x in (q, k, k)]
+    out = cflash.attn_dense(*prods, causal=True)
+    assert all(p.all_deleted() and p.capsule is None for p in prods)
+    check(out, None, lambda rnd: reference.dense(q, k, k, causal=True, rnd=rnd), "float32")
+    # read-only through the table: an input, never an output
+    ro = P(np.empty_like(q), q.shape, flags=READ_ONLY)
+    with pytest.raises(ValueError, match="out: the tensor is read-only"):
+        cflash.attn_dense(q, k, k, out=ro)
+    assert ro.all_deleted()
+    # an unknown major version of the table: __dlpack__ instead
+    P2 = exchange_producer(major=2)
+    prod = P2(q, q.shape)
+    assert not _cflash.describe(prod)["exchange"] and P2.exchanged == 0 and prod.all_deleted()
+    assert _cflash.work_stream(prod) is None
+    # a table that fails without setting an exception: TypeError naming the argument
+    P3 = exchange_producer(fail=True)
+    with pytest.raises(TypeError, match="k: the DLPack exchange of ExchangeProducer failed"):
+        cflash.attn_dense(q, P3(k, k.shape), k)
+
+
+def test_exchange_table_device_tensor(rng):
+    """A device tensor's table gives its framework's current stream (work_stream); exported
+    through the table only when the call runs on that stream (stream_owner), else __dlpack__
+    with the stream argument, and the table's export is released."""
+    q = randn(rng, (1, 5, 2, 8)).astype(np.float32)
+    P = exchange_producer(stream=0x1234)
+    prod = P(q, q.shape, device=(2, 0))
+    assert _cflash.work_stream(prod) == (2, 0x1234)
+    if _cflash.HAVE_CUDA:
+        d = _cflash.describe(prod)  # no stream owner: __dlpack__
+        assert not d["exchange"] and P.exchanged == 1 and prod.all_deleted()
+    else:
+        with pytest.raises(NotImplementedError, match="q: a CUDA tensor: CUDA backend not built"):
+            _cflash.attn_dense(prod, q, q, np.empty_like(q), None, stream=0x1234, stream_owner=P)
+        assert prod.all_deleted()
+
+
+def test_torch_exchange_table(rng):
+    """torch >= 2.10 tensors go through torch's exchange table (CPU tensors always; CUDA tensors
+    when the call runs on torch's current stream: test_gpu.py)."""
+    torch = require("torch")
+    if not hasattr(torch.Tensor, "__dlpack_c_exchange_api__"):
+        pytest.skip(f"torch {torch.__version__} has no DLPack exchange table")
+    q = torch.from_numpy(randn(rng, (1, 6, 2, 8)).astype(np.float32))
+    d = _cflash.describe(q.transpose(1, 2))
+    assert d["exchange"] and d["shape"] == (1, 2, 6, 8) and d["strides"] == (96, 8, 16, 1)
+    assert _cflash.work_stream(q) == (1, None)
+    out = cflash.attn_dense(q, q, q, causal=True)
+    qn = q.numpy()
+    check(out.numpy(), None, lambda rnd: reference.dense(qn, qn, qn, causal=True, rnd=rnd), "float32")
+
+
 def test_torch_cuda_tensors():
     torch = require("torch")
     if not torch.cuda.is_available():

@@ -8,7 +8,7 @@ import pytest
 
 import cflash
 import reference
-from cflash import _cflash
+from cflash import _cflash, _env
 from helpers import check, randn, require
 
 
@@ -53,9 +53,14 @@ def test_varlen_bhsd_and_stream(torch, rng):
     ck = torch.tensor(cu_k, dtype=torch.int32, device="cuda")
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):  # queued on the current (side) stream
+        # the call's stream: torch's current one (through torch's DLPack exchange table, or torch)
+        assert _env.call_stream(tq) == (stream.cuda_stream, type(tq))
         out, lse = cflash.attn_varlen(tq, tk, tv, cq, ck, max(lq), max(lk), causal=True, return_lse=True)
     stream.synchronize()
     check(back(out), back(lse), lambda rnd: reference.varlen(q, k, v, cu_q, cu_k, causal=True, rnd=rnd), dtype)
+    assert _env.call_stream(tq) == (torch.cuda.current_stream().cuda_stream, type(tq))
+    if hasattr(torch.Tensor, "__dlpack_c_exchange_api__"):
+        assert _cflash.work_stream(tq) == (2, torch.cuda.current_stream().cuda_stream)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
