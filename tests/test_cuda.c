@@ -87,6 +87,11 @@ static void add_features(void)
         }
         c = base(dt, 128, 200, 300); c.softcap = 30.0f; add(c);
         c = base(dt, 128, 200, 300); c.softcap = 5.0f; c.causal = 1; add(c);
+        /* softcap alone (wgmma: half of the exp2 on the FMA pipe): large logits, long rows, fp32
+         * out, window and sinks */
+        c = base(dt, 64, 1023, 1023); c.softcap = 10.0f; c.causal = 1; c.qk_sd = 3.0f; c.Hq = 2; c.Hk = 1; add(c);
+        c = base(dt, 256, 200, 300); c.softcap = 50.0f; c.sinks = 1; c.wl = 70; c.wr = 3; add(c);
+        c = base(dt, 128, 200, 300); c.softcap = 2.0f; c.out_f32 = 1; c.qk_sd = 3.0f; add(c);
         c = base(dt, 128, 200, 300); c.alibi = 1; c.causal = 1; add(c);
         c = base(dt, 128, 200, 300); c.alibi = 2; c.B = 2; add(c);
         /* ALiBi with no key right of the diagonal (the column-term path: the row's term goes to
