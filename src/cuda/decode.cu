@@ -132,8 +132,9 @@ struct key_loc { int64_t k, v; };
 __device__ __forceinline__ key_loc key_at(const cuda_kvcache &f, int b, int64_t row, int t) {
     int64_t pos = t;
     if (f.block_table) {
-        const int p = t / f.page_size;
-        pos = t - p * f.page_size;
+        int off;
+        const int p = page_split(t, f.page_size, &off);
+        pos = off;
         const int64_t id = f.block_table[(int64_t)b * f.bt_sb + (int64_t)p * f.bt_sp];
         row = id < 0 ? 0 : id >= f.num_rows ? f.num_rows - 1 : id;
     }
@@ -497,9 +498,10 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
 #pragma unroll
         for (int i = 0; i < ROWS_PER_THREAD; i++) {
             const int t = nb * DEC_BN + threadIdx.x / CH + i * RSTEP;
-            const int p = f.block_table ? t / f.page_size : 0;
+            int off = 0;
+            const int p = f.block_table ? page_split(t, f.page_size, &off) : 0;
             pages[i] = f.block_table && t < lk && nb <= nb_hi ? f.block_table[(int64_t)b * f.bt_sb + (int64_t)p * f.bt_sp] : 0;
-            if constexpr (KEEP_OFFS) offs[i] = t - p * f.page_size;
+            if constexpr (KEEP_OFFS) offs[i] = off;
         }
     };
     auto load_stage = [&](int nb, int slot) {
@@ -512,8 +514,13 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
             if (f.block_table) { /* the page id clamped to the pool (bad metadata: no stray access) */
                 const int64_t id = pages[i];
                 row = id < 0 ? 0 : id >= f.num_rows ? f.num_rows - 1 : id;
-                if constexpr (KEEP_OFFS) pos = offs[i];
-                else pos = t % f.page_size;
+                if constexpr (KEEP_OFFS) {
+                    pos = offs[i];
+                } else {
+                    int off;
+                    (void)page_split(t, f.page_size, &off);
+                    pos = off;
+                }
             }
             const int64_t ko = row * f.kc_sb + pos * f.kc_st, vo = row * f.vc_sb + pos * f.vc_st;
             const bool pk = valid && c < dq;
@@ -731,8 +738,9 @@ mla_kernel(const cuda_kvcache f, const decode_plan pl) {
     int32_t page = 0;
     auto read_page = [&](int nb) {
         const int t = nb * MLA_BN + lr;
+        int off;
         page = f.block_table && t < bk.lk && nb <= bk.nb_hi
-                   ? f.block_table[(int64_t)b * f.bt_sb + (int64_t)(t / f.page_size) * f.bt_sp] : 0;
+                   ? f.block_table[(int64_t)b * f.bt_sb + (int64_t)page_split(t, f.page_size, &off) * f.bt_sp] : 0;
     };
     auto load_stage = [&](int nb, int slot) {
         T *dst = sK + slot * STAGE;
@@ -741,7 +749,9 @@ mla_kernel(const cuda_kvcache f, const decode_plan pl) {
         int64_t row = crow, pos = t;
         if (f.block_table) {
             row = page < 0 ? 0 : page >= f.num_rows ? f.num_rows - 1 : page;
-            pos = t % f.page_size;
+            int off;
+            (void)page_split(t, f.page_size, &off);
+            pos = off;
         }
         const T *src = kc + row * f.kc_sb + pos * f.kc_st;
 #pragma unroll

@@ -92,9 +92,10 @@ __device__ __forceinline__ void load_tile_paged(uint32_t s, const T *g, int64_t 
         const T *gp = safe;
         if (pred) {
             const int t = t0 + r;
-            int64_t id = table[(int64_t)(t / page_size) * table_s];
+            int off;
+            int64_t id = table[(int64_t)page_split(t, page_size, &off) * table_s];
             id = id < 0 ? 0 : id >= pages ? pages - 1 : id;
-            gp = g + id * page_stride + (int64_t)(t % page_size) * stride + c * 8;
+            gp = g + id * page_stride + (int64_t)off * stride + c * 8;
         }
         cp_async16(tile_addr<DP, ROWS, WG>(s, r, c), gp, pred);
     }

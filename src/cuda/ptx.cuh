@@ -16,6 +16,20 @@
 
 static __device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
+/* Key t of a paged cache: page t / size, row t % size of it. Power-of-two page sizes (1, 16, 256:
+ * what the engines use) take a shift and a mask; others a division (about 25 instructions per
+ * key row, which the paged decode kernel paid for every row it copied). The test is on the
+ * kernel parameter `size`, so it is hoisted out of the loops. */
+static __device__ __forceinline__ int page_split(int t, int size, int *pos) {
+    if ((size & (size - 1)) == 0) {
+        *pos = t & (size - 1);
+        return t >> (31 - __clz(size));
+    }
+    const int p = t / size;
+    *pos = t - p * size;
+    return p;
+}
+
 /* 16 bytes global -> shared; pred false: no global read, the 16 bytes are zero-filled */
 static __device__ __forceinline__ void cp_async16(uint32_t s, const void *gmem, bool pred) {
     const int n = pred ? 16 : 0;
