@@ -504,8 +504,27 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
             if constexpr (KEEP_OFFS) offs[i] = off;
         }
     };
+    /* Contiguous caches: this thread's first row of stage 0 and fixed steps (a row's address is
+     * one 64-bit add; computed per row from its index, the address math was about a third of
+     * the kernel's instructions, and the kernel is issue-bound at two warps per scheduler).
+     * Not at D = 256: 16 rows a thread, and the registers are not there (24 bytes of spills). */
+    const bool kchunk = c < dq, vchunk = c < dv;
+    const int64_t kstep = (int64_t)RSTEP * f.kc_st, vstep = (int64_t)RSTEP * f.vc_st;
+    const T *kthr = kc + crow * f.kc_sb + (int64_t)(threadIdx.x / CH) * f.kc_st + (kchunk ? c * 8 : 0);
+    const T *vthr = vc + crow * f.vc_sb + (int64_t)(threadIdx.x / CH) * f.vc_st + (vchunk ? c * 8 : 0);
     auto load_stage = [&](int nb, int slot) {
         T *sK = sKV + slot * STAGE_ELEMS, *sV = sK + DEC_BN * DP;
+        if (DP <= 128 && !f.block_table) {
+            const T *kp = kthr + (int64_t)nb * DEC_BN * f.kc_st, *vp = vthr + (int64_t)nb * DEC_BN * f.vc_st;
+#pragma unroll
+            for (int i = 0; i < ROWS_PER_THREAD; i++, kp += kstep, vp += vstep) {
+                const int r = threadIdx.x / CH + i * RSTEP;
+                const bool valid = nb * DEC_BN + r < lk;
+                cp_async16(sK + swz<DP>(r, c), valid && kchunk ? kp : kc, valid && kchunk);
+                if (!f.v_is_k) cp_async16(sV + swz<DP>(r, c), valid && vchunk ? vp : vc, valid && vchunk);
+            }
+            return;
+        }
 #pragma unroll
         for (int i = 0; i < ROWS_PER_THREAD; i++) {
             const int r = threadIdx.x / CH + i * RSTEP, t = nb * DEC_BN + r;
