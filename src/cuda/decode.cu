@@ -512,6 +512,29 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
     const int64_t kstep = (int64_t)RSTEP * f.kc_st, vstep = (int64_t)RSTEP * f.vc_st;
     const T *kthr = kc + crow * f.kc_sb + (int64_t)(threadIdx.x / CH) * f.kc_st + (kchunk ? c * 8 : 0);
     const T *vthr = vc + crow * f.vc_sb + (int64_t)(threadIdx.x / CH) * f.vc_st + (vchunk ? c * 8 : 0);
+    /* Paged caches: a row's page (read a stage ahead; clamped to the pool: bad metadata makes
+     * no stray access) and offset in it. Where the strides fit in 32 bits (every pool in use:
+     * a page stride is page_size x Hk x D elements), the offsets are 32 x 32 -> 64-bit
+     * multiply-adds (S = int32_t) instead of 64-bit products, four to a row. */
+    const int32_t last_page = (int32_t)(f.num_rows - 1 > INT32_MAX ? INT32_MAX : f.num_rows - 1);
+    const bool narrow = f.kc_sb >= 0 && f.kc_sb <= INT32_MAX && f.kc_st >= 0 && f.kc_st <= INT32_MAX &&
+                        f.vc_sb >= 0 && f.vc_sb <= INT32_MAX && f.vc_st >= 0 && f.vc_st <= INT32_MAX;
+    auto paged_rows = [&](T *sK, T *sV, int nb, auto stride_type) {
+        using S = decltype(stride_type);
+        const S ksb = (S)f.kc_sb, kst = (S)f.kc_st, vsb = (S)f.vc_sb, vst = (S)f.vc_st;
+#pragma unroll
+        for (int i = 0; i < ROWS_PER_THREAD; i++) {
+            const int r = threadIdx.x / CH + i * RSTEP, t = nb * DEC_BN + r;
+            const bool valid = t < lk;
+            const int32_t id = pages[i] < 0 ? 0 : pages[i] > last_page ? last_page : pages[i];
+            int pos;
+            if constexpr (KEEP_OFFS) pos = offs[i];
+            else (void)page_split(t, f.page_size, &pos);
+            const int64_t ko = (int64_t)id * ksb + (int64_t)pos * kst, vo = (int64_t)id * vsb + (int64_t)pos * vst;
+            cp_async16(sK + swz<DP>(r, c), valid && kchunk ? kc + ko + c * 8 : kc, valid && kchunk);
+            if (!f.v_is_k) cp_async16(sV + swz<DP>(r, c), valid && vchunk ? vc + vo + c * 8 : vc, valid && vchunk);
+        }
+    };
     auto load_stage = [&](int nb, int slot) {
         T *sK = sKV + slot * STAGE_ELEMS, *sV = sK + DEC_BN * DP;
         if (DP <= 128 && !f.block_table) {
@@ -525,29 +548,18 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
             }
             return;
         }
+        if (f.block_table) {
+            if (DP <= 128 && narrow) paged_rows(sK, sV, nb, int32_t()); /* D = 256: 4 bytes of spills */
+            else paged_rows(sK, sV, nb, int64_t());
+            return;
+        }
 #pragma unroll
-        for (int i = 0; i < ROWS_PER_THREAD; i++) {
+        for (int i = 0; i < ROWS_PER_THREAD; i++) { /* contiguous, D = 256 */
             const int r = threadIdx.x / CH + i * RSTEP, t = nb * DEC_BN + r;
             const bool valid = t < lk;
-            int64_t row = crow, pos = t;
-            if (f.block_table) { /* the page id clamped to the pool (bad metadata: no stray access) */
-                const int64_t id = pages[i];
-                row = id < 0 ? 0 : id >= f.num_rows ? f.num_rows - 1 : id;
-                if constexpr (KEEP_OFFS) {
-                    pos = offs[i];
-                } else {
-                    int off;
-                    (void)page_split(t, f.page_size, &off);
-                    pos = off;
-                }
-            }
-            const int64_t ko = row * f.kc_sb + pos * f.kc_st, vo = row * f.vc_sb + pos * f.vc_st;
-            const bool pk = valid && c < dq;
-            cp_async16(sK + swz<DP>(r, c), pk ? kc + ko + c * 8 : kc, pk);
-            if (!f.v_is_k) {
-                const bool pv = valid && c < dv;
-                cp_async16(sV + swz<DP>(r, c), pv ? vc + vo + c * 8 : vc, pv);
-            }
+            const int64_t ko = crow * f.kc_sb + (int64_t)t * f.kc_st, vo = crow * f.vc_sb + (int64_t)t * f.vc_st;
+            cp_async16(sK + swz<DP>(r, c), valid && kchunk ? kc + ko + c * 8 : kc, valid && kchunk);
+            if (!f.v_is_k) cp_async16(sV + swz<DP>(r, c), valid && vchunk ? vc + vo + c * 8 : vc, valid && vchunk);
         }
     };
 
