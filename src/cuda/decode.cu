@@ -441,7 +441,7 @@ __device__ __forceinline__ void store_row_pair(const cuda_kvcache &f, const deco
 /* ---- the decode kernel ----
  * grid (splits, Hk * row_tiles, B). Rows of a block: r = 0 .. rows - 1 stand for the packed
  * query row r0 + r = i * G + g (query position i, head kvh * G + g), position-major. */
-template <typename T, int DP>
+template <typename T, int DP, int FIXED_WK>
 __global__ void __launch_bounds__(DEC_THREADS)
 decode_kernel(const cuda_kvcache f, const decode_plan pl) {
     constexpr int STAGES = decode_tile<DP>::STAGES, CH = DP / 8, DT = DP / 8, NT = DEC_BN / 8;
@@ -456,7 +456,10 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
     const int b = blockIdx.z;
     const int G = f.Hq / f.Hk, lq = f.Lq, r0 = tile * DEC_ROWS;
     const int rows = min(lq * G - r0, DEC_ROWS);
-    const int WK = DEC_WARPS / pl.row_groups;   /* warps sharing one row tile's keys */
+    /* warps sharing one row tile's keys: a template argument for the common decode shape (Lq x
+     * G <= 16 rows: all four warps split each stage's keys), which lets the compiler drop the
+     * key loops' unused trips and their tests; the kernel is issue-bound there */
+    const int WK = FIXED_WK ? FIXED_WK : DEC_WARPS / pl.row_groups;
     const int wr = warp / WK, wk = warp % WK;   /* this warp: rows 16 wr .., keys kbase .. */
     const int nkw = DEC_BN / WK, kbase = wk * nkw;
 
@@ -1079,7 +1082,8 @@ enum cflash_status launch_decode(const cuda_kvcache *f) {
     pl.row_tiles = (int)((R + DEC_ROWS - 1) / DEC_ROWS);
     const int64_t mtiles = ((R < DEC_ROWS ? R : DEC_ROWS) + 15) / 16;
     pl.row_groups = mtiles <= 1 ? 1 : mtiles <= 2 ? 2 : 4;
-    return launch_kv<T>(f, decode_kernel<T, DP>, DEC_THREADS, decode_smem_bytes<DP>(), DEC_BN, MIN_SPLIT_BLOCKS, pl);
+    return launch_kv<T>(f, pl.row_groups == 1 ? decode_kernel<T, DP, DEC_WARPS> : decode_kernel<T, DP, 0>, DEC_THREADS,
+                        decode_smem_bytes<DP>(), DEC_BN, MIN_SPLIT_BLOCKS, pl);
 }
 
 /* MLA: three stages where the GPU gives a block 186 KB of shared memory (sm_90), else two */
