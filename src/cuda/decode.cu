@@ -456,9 +456,12 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
     const int b = blockIdx.z;
     const int G = f.Hq / f.Hk, lq = f.Lq, r0 = tile * DEC_ROWS;
     const int rows = min(lq * G - r0, DEC_ROWS);
-    /* warps sharing one row tile's keys: a template argument for the common decode shape (Lq x
-     * G <= 16 rows: all four warps split each stage's keys), which lets the compiler drop the
-     * key loops' unused trips and their tests; the kernel is issue-bound there */
+    /* WK, the warps sharing one row tile's keys (DEC_WARPS / pl.row_groups), is a template
+     * argument where Lq x G <= 32 rows (FIXED_WK 4 or 2): the compiler then drops the key loops'
+     * unused trips and their tests. The kernel is issue-bound (two warps per scheduler); with WK
+     * a runtime value, decode of 268 MB ran at 2.40 TB/s, with it a constant at 2.54 (paged 0.81
+     * -> 0.88 of contiguous). One warp per row tile (FIXED_WK 0) keeps the runtime value: as a
+     * constant it spilled 108 bytes at D = 256. */
     const int WK = FIXED_WK ? FIXED_WK : DEC_WARPS / pl.row_groups;
     const int wr = warp / WK, wk = warp % WK;   /* this warp: rows 16 wr .., keys kbase .. */
     const int nkw = DEC_BN / WK, kbase = wk * nkw;
@@ -1082,8 +1085,9 @@ enum cflash_status launch_decode(const cuda_kvcache *f) {
     pl.row_tiles = (int)((R + DEC_ROWS - 1) / DEC_ROWS);
     const int64_t mtiles = ((R < DEC_ROWS ? R : DEC_ROWS) + 15) / 16;
     pl.row_groups = mtiles <= 1 ? 1 : mtiles <= 2 ? 2 : 4;
-    return launch_kv<T>(f, pl.row_groups == 1 ? decode_kernel<T, DP, DEC_WARPS> : decode_kernel<T, DP, 0>, DEC_THREADS,
-                        decode_smem_bytes<DP>(), DEC_BN, MIN_SPLIT_BLOCKS, pl);
+    kv_kernel kernel = pl.row_groups == 1 ? decode_kernel<T, DP, DEC_WARPS>
+                       : pl.row_groups == 2 ? decode_kernel<T, DP, DEC_WARPS / 2> : decode_kernel<T, DP, 0>;
+    return launch_kv<T>(f, kernel, DEC_THREADS, decode_smem_bytes<DP>(), DEC_BN, MIN_SPLIT_BLOCKS, pl);
 }
 
 /* MLA: three stages where the GPU gives a block 186 KB of shared memory (sm_90), else two */
