@@ -76,9 +76,21 @@ template <> struct decode_tile<64>  { static constexpr int STAGES = 4; };
 template <> struct decode_tile<128> { static constexpr int STAGES = 3; };
 template <> struct decode_tile<256> { static constexpr int STAGES = 2; };
 
-template <int DP>
+/* The geometry of one kernel variant (WK: warps sharing a row tile's keys, 0 = a runtime
+ * value). At D = 128 with every warp on the keys (<= 16 query rows), the Q tile is 16 rows and a
+ * block keeps two stages (68 KB): three blocks a SM, 12 warps, instead of two (112 KB, 8 warps).
+ * The kernel is issue-bound (2 warps a scheduler were idle 66 % of cycles, Nsight Compute), and
+ * paged rows cost more instructions than contiguous ones: paged decode went 0.88-0.91 -> 0.94-0.99
+ * of contiguous; contiguous lost 0-4 % (fewer stages in flight). */
+template <int DP, int WK>
+struct decode_geom {
+    static constexpr bool SMALL = DP == 128 && WK == DEC_WARPS;
+    static constexpr int QROWS = SMALL ? 16 : DEC_ROWS;
+    static constexpr int STAGES = SMALL ? 2 : decode_tile<DP>::STAGES;
+};
+template <int DP, int WK>
 __host__ __device__ constexpr int decode_smem_bytes() {
-    return (DEC_ROWS + decode_tile<DP>::STAGES * 2 * DEC_BN) * DP * 2;
+    return (decode_geom<DP, WK>::QROWS + decode_geom<DP, WK>::STAGES * 2 * DEC_BN) * DP * 2;
 }
 /* the end-of-block merge of the warps' states reuses the same memory */
 template <int DP>
@@ -444,12 +456,13 @@ __device__ __forceinline__ void store_row_pair(const cuda_kvcache &f, const deco
 template <typename T, int DP, int FIXED_WK>
 __global__ void __launch_bounds__(DEC_THREADS)
 decode_kernel(const cuda_kvcache f, const decode_plan pl) {
-    constexpr int STAGES = decode_tile<DP>::STAGES, CH = DP / 8, DT = DP / 8, NT = DEC_BN / 8;
+    constexpr int STAGES = decode_geom<DP, FIXED_WK>::STAGES, QROWS = decode_geom<DP, FIXED_WK>::QROWS;
+    constexpr int CH = DP / 8, DT = DP / 8, NT = DEC_BN / 8;
     constexpr int STAGE_ELEMS = 2 * DEC_BN * DP; /* K tile, then V tile */
     static_assert(DEC_THREADS % CH == 0, "each thread copies one fixed chunk column");
-    static_assert(decode_merge_bytes<DP>() <= decode_smem_bytes<DP>(), "the merge reuses the tiles");
+    static_assert(decode_merge_bytes<DP>() <= decode_smem_bytes<DP, FIXED_WK>(), "the merge reuses the tiles");
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    T *sQ = (T *)smem_raw, *sKV = sQ + DEC_ROWS * DP;
+    T *sQ = (T *)smem_raw, *sKV = sQ + QROWS * DP;
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int split = blockIdx.x, tile = blockIdx.y % pl.row_tiles, kvh = blockIdx.y / pl.row_tiles;
@@ -482,7 +495,7 @@ decode_kernel(const cuda_kvcache f, const decode_plan pl) {
 #pragma unroll
     for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
 
-    load_q<T, DP, DEC_ROWS, DEC_THREADS>(sQ, f, b, kvh, G, r0, rows);
+    load_q<T, DP, QROWS, DEC_THREADS>(sQ, f, b, kvh, G, r0, rows); /* rows <= QROWS (launch_decode) */
 
     /* one stage: keys [nb * DEC_BN, + DEC_BN) of K and V into slot `slot`; keys past lk and chunks
      * past D / Dv are zero-filled. Each thread copies chunk column c of every (DEC_THREADS / CH)-th
@@ -1085,9 +1098,13 @@ enum cflash_status launch_decode(const cuda_kvcache *f) {
     pl.row_tiles = (int)((R + DEC_ROWS - 1) / DEC_ROWS);
     const int64_t mtiles = ((R < DEC_ROWS ? R : DEC_ROWS) + 15) / 16;
     pl.row_groups = mtiles <= 1 ? 1 : mtiles <= 2 ? 2 : 4;
-    kv_kernel kernel = pl.row_groups == 1 ? decode_kernel<T, DP, DEC_WARPS>
-                       : pl.row_groups == 2 ? decode_kernel<T, DP, DEC_WARPS / 2> : decode_kernel<T, DP, 0>;
-    return launch_kv<T>(f, kernel, DEC_THREADS, decode_smem_bytes<DP>(), DEC_BN, MIN_SPLIT_BLOCKS, pl);
+    if (pl.row_groups == 1)
+        return launch_kv<T>(f, decode_kernel<T, DP, DEC_WARPS>, DEC_THREADS, decode_smem_bytes<DP, DEC_WARPS>(), DEC_BN,
+                            MIN_SPLIT_BLOCKS, pl);
+    if (pl.row_groups == 2)
+        return launch_kv<T>(f, decode_kernel<T, DP, DEC_WARPS / 2>, DEC_THREADS, decode_smem_bytes<DP, DEC_WARPS / 2>(),
+                            DEC_BN, MIN_SPLIT_BLOCKS, pl);
+    return launch_kv<T>(f, decode_kernel<T, DP, 0>, DEC_THREADS, decode_smem_bytes<DP, 0>(), DEC_BN, MIN_SPLIT_BLOCKS, pl);
 }
 
 /* MLA: three stages where the GPU gives a block 186 KB of shared memory (sm_90), else two */
