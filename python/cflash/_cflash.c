@@ -280,6 +280,20 @@ static const DLPackExchangeAPI *exchange_api(PyTypeObject *tp) {
 static int dl_import_exchange(const char *name, PyObject *obj, int flags, long long stream, struct dl_ref *r) {
     const DLPackExchangeAPI *api = exchange_api(Py_TYPE(obj));
     if (!api) return 0;
+    /* A tensor that requires grad takes __dlpack__, which refuses it (torch: BufferError,
+     * "use tensor.detach()"): the table exports it without that check, and cflash has no
+     * backward, so passing it would drop its gradient silently (docs/compat_*.md). */
+    static PyObject *requires_grad;
+    if (!requires_grad && !(requires_grad = PyUnicode_InternFromString("requires_grad"))) return -1;
+    PyObject *rg = PyObject_GetAttr(obj, requires_grad);
+    if (!rg) {
+        PyErr_Clear();
+    } else {
+        const int on = PyObject_IsTrue(rg);
+        Py_DECREF(rg);
+        if (on) return 0;
+        if (on < 0) PyErr_Clear();
+    }
     DLManagedTensorVersioned *m = NULL;
     if (api->managed_tensor_from_py_object_no_sync(obj, &m) != 0 || !m) {
         if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "%s: the DLPack exchange of %s failed", name, Py_TYPE(obj)->tp_name);

@@ -313,6 +313,10 @@ def test_exchange_table(rng):
     with pytest.raises(ValueError, match="out: the tensor is read-only"):
         cflash.attn_dense(q, k, k, out=ro)
     assert ro.all_deleted()
+    # an object that requires grad: __dlpack__ instead (its producer decides)
+    rg = P(q, q.shape)
+    rg.requires_grad = True
+    assert not _cflash.describe(rg)["exchange"] and rg.all_deleted()
     # an unknown major version of the table: __dlpack__ instead
     P2 = exchange_producer(major=2)
     prod = P2(q, q.shape)
@@ -348,6 +352,9 @@ def test_torch_exchange_table(rng):
     if not hasattr(torch.Tensor, "__dlpack_c_exchange_api__"):
         pytest.skip(f"torch {torch.__version__} has no DLPack exchange table")
     q = torch.from_numpy(randn(rng, (1, 6, 2, 8)).astype(np.float32))
+    # a tensor that requires grad takes __dlpack__, which refuses it (cflash has no backward)
+    with pytest.raises(BufferError, match="require"):
+        cflash.attn_dense(q.clone().requires_grad_(), q, q)
     d = _cflash.describe(q.transpose(1, 2))
     assert d["exchange"] and d["shape"] == (1, 2, 6, 8) and d["strides"] == (96, 8, 16, 1)
     assert _cflash.work_stream(q) == (1, None)
