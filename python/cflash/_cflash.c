@@ -242,9 +242,12 @@ static int dl_fill(const char *name, const DLTensor *dl, int readonly, int flags
 }
 
 /* DLPack 1.3's C exchange table of a tensor type (`type(x).__dlpack_c_exchange_api__`, a
- * capsule "dlpack_exchange_api"; torch >= 2.10 has one), or NULL. Types are looked up once and
- * kept (a strong reference each, so a cached address cannot be reused by another type); a call
- * sees two or three types, so a short table does. Types past the table are looked up per call. */
+ * capsule "dlpack_exchange_api"; torch >= 2.10 has one), or NULL. Only a table the type itself
+ * defines counts (DLPack: the object must be of the type the table was found on): a subclass
+ * (torch's with __torch_function__ overrides, nn.Parameter) takes __dlpack__, which honors them.
+ * Types are looked up once and kept (a strong reference each, so a cached address cannot be
+ * reused by another type); a call sees two or three types, so a short table does. Types past
+ * the table are looked up per call. */
 #define EXCHANGE_CACHE 8
 static struct { PyTypeObject *type; const DLPackExchangeAPI *api; } exchange_cache[EXCHANGE_CACHE];
 
@@ -252,7 +255,9 @@ static const DLPackExchangeAPI *exchange_api(PyTypeObject *tp) {
     for (int i = 0; i < EXCHANGE_CACHE && exchange_cache[i].type; i++)
         if (exchange_cache[i].type == tp) return exchange_cache[i].api;
     const DLPackExchangeAPI *api = NULL;
-    PyObject *cap = PyObject_GetAttrString((PyObject *)tp, "__dlpack_c_exchange_api__");
+    PyObject *own = PyObject_GetAttrString((PyObject *)tp, "__dict__"); /* the type's own namespace */
+    PyObject *cap = own ? PyMapping_GetItemString(own, "__dlpack_c_exchange_api__") : NULL;
+    Py_XDECREF(own);
     if (cap && PyCapsule_IsValid(cap, "dlpack_exchange_api")) {
         api = PyCapsule_GetPointer(cap, "dlpack_exchange_api");
         /* another major version lays the table out differently; the functions used here must be set */

@@ -313,6 +313,11 @@ def test_exchange_table(rng):
     with pytest.raises(ValueError, match="out: the tensor is read-only"):
         cflash.attn_dense(q, k, k, out=ro)
     assert ro.all_deleted()
+    # a subclass of a type with a table: __dlpack__ (the table is its base's)
+    class Sub(P):
+        pass
+    sub = Sub(q, q.shape)
+    assert not _cflash.describe(sub)["exchange"] and sub.all_deleted()
     # an object that requires grad: __dlpack__ instead (its producer decides)
     rg = P(q, q.shape)
     rg.requires_grad = True
@@ -355,6 +360,8 @@ def test_torch_exchange_table(rng):
     # a tensor that requires grad takes __dlpack__, which refuses it (cflash has no backward)
     with pytest.raises(BufferError, match="require"):
         cflash.attn_dense(q.clone().requires_grad_(), q, q)
+    # a subclass (nn.Parameter) takes __dlpack__; its values are the same
+    assert not _cflash.describe(torch.nn.Parameter(q, requires_grad=False))["exchange"]
     d = _cflash.describe(q.transpose(1, 2))
     assert d["exchange"] and d["shape"] == (1, 2, 6, 8) and d["strides"] == (96, 8, 16, 1)
     assert _cflash.work_stream(q) == (1, None)
