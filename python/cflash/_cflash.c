@@ -281,7 +281,7 @@ static const DLPackExchangeAPI *exchange_api(PyTypeObject *tp) {
  * stream synchronization, so it serves tensors that need none: CPU memory, and device tensors
  * of the type whose current stream the call runs on (stream == -1, see args_init). Returns 1
  * when r holds the tensor, 0 when the caller should take the __dlpack__ path (nothing held,
- * no exception), -1 with an exception set. */
+ * no exception), -1 with an exception set (the tensor itself is refused: dl_fill). */
 static int dl_import_exchange(const char *name, PyObject *obj, int flags, long long stream, struct dl_ref *r) {
     const DLPackExchangeAPI *api = exchange_api(Py_TYPE(obj));
     if (!api) return 0;
@@ -299,10 +299,12 @@ static int dl_import_exchange(const char *name, PyObject *obj, int flags, long l
         if (on) return 0;
         if (on < 0) PyErr_Clear();
     }
+    /* A failed export (torch: sparse or meta tensors, with a C++ trace in the message) takes
+     * __dlpack__, whose error is the producer's own (torch: BufferError naming the reason) */
     DLManagedTensorVersioned *m = NULL;
     if (api->managed_tensor_from_py_object_no_sync(obj, &m) != 0 || !m) {
-        if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "%s: the DLPack exchange of %s failed", name, Py_TYPE(obj)->tp_name);
-        return -1;
+        PyErr_Clear();
+        return 0;
     }
     const int type = (int)m->dl_tensor.device.device_type;
     if (m->version.major != DLPACK_MAJOR_VERSION || (stream != -1 && type != kDLCPU && type != kDLCUDAHost)) {
@@ -1083,29 +1085,30 @@ static PyObject *py_cpu_workspace_size(PyObject *self, PyObject *args) {
 
 /* work_stream(x): for a tensor whose type has a DLPack exchange table, (device_type, stream):
  * the framework's current work stream on x's device as an int for CUDA tensors (0 = the legacy
- * default stream), None for others; None when the type has no table (the Python layer then asks
- * the framework itself). One C call instead of torch.cuda.current_stream(x.device). */
+ * default stream), None for others; None when the type has no table or the table cannot export
+ * x (the Python layer then asks the framework itself). One C call instead of
+ * torch.cuda.current_stream(x.device). */
 static PyObject *py_work_stream(PyObject *self, PyObject *x) {
     const DLPackExchangeAPI *api = exchange_api(Py_TYPE(x));
     if (!api) Py_RETURN_NONE;
     DLDevice dev;
     if (api->dltensor_from_py_object_no_sync) {
         DLTensor t;
-        if (api->dltensor_from_py_object_no_sync(x, &t) != 0) return NULL;
+        if (api->dltensor_from_py_object_no_sync(x, &t) != 0) goto fallback;
         dev = t.device;
     } else {
         DLManagedTensorVersioned *m = NULL;
-        if (api->managed_tensor_from_py_object_no_sync(x, &m) != 0 || !m) {
-            if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "the DLPack exchange of %s failed", Py_TYPE(x)->tp_name);
-            return NULL;
-        }
+        if (api->managed_tensor_from_py_object_no_sync(x, &m) != 0 || !m) goto fallback;
         dev = m->dl_tensor.device;
         if (m->deleter) m->deleter(m);
     }
     if (!is_cuda_device((int)dev.device_type)) return Py_BuildValue("(iO)", (int)dev.device_type, Py_None);
     void *stream = NULL;
-    if (api->current_work_stream(dev.device_type, dev.device_id, &stream) != 0) return NULL;
+    if (api->current_work_stream(dev.device_type, dev.device_id, &stream) != 0) goto fallback;
     return Py_BuildValue("(iL)", (int)dev.device_type, (long long)(intptr_t)stream);
+fallback: /* what the table cannot export (torch: sparse, meta): the framework is asked instead */
+    PyErr_Clear();
+    Py_RETURN_NONE;
 }
 
 static PyObject *py_exception_for_status(PyObject *self, PyObject *args) {

@@ -327,10 +327,12 @@ def test_exchange_table(rng):
     prod = P2(q, q.shape)
     assert not _cflash.describe(prod)["exchange"] and P2.exchanged == 0 and prod.all_deleted()
     assert _cflash.work_stream(prod) is None
-    # a table that fails without setting an exception: TypeError naming the argument
+    # a table that fails: __dlpack__ instead (its error, if any, is the producer's own)
     P3 = exchange_producer(fail=True)
-    with pytest.raises(TypeError, match="k: the DLPack exchange of ExchangeProducer failed"):
-        cflash.attn_dense(q, P3(k, k.shape), k)
+    prod = P3(k, k.shape)
+    out = cflash.attn_dense(q, prod, k)
+    assert P3.exchanged == 0 and prod.all_deleted() and prod.capsule is not None
+    check(out, None, lambda rnd: reference.dense(q, k, k, rnd=rnd), "float32")
 
 
 def test_exchange_table_device_tensor(rng):
@@ -362,6 +364,9 @@ def test_torch_exchange_table(rng):
         cflash.attn_dense(q.clone().requires_grad_(), q, q)
     # a subclass (nn.Parameter) takes __dlpack__; its values are the same
     assert not _cflash.describe(torch.nn.Parameter(q, requires_grad=False))["exchange"]
+    # what the table cannot export takes __dlpack__ and gets torch's own error
+    with pytest.raises(BufferError, match="strided"):
+        cflash.attn_dense(q.to_sparse(), q, q)
     d = _cflash.describe(q.transpose(1, 2))
     assert d["exchange"] and d["shape"] == (1, 2, 6, 8) and d["strides"] == (96, 8, 16, 1)
     assert _cflash.work_stream(q) == (1, None)
