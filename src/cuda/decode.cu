@@ -66,7 +66,8 @@ __device__ __forceinline__ void store_pair(void *row, enum cflash_dtype odt, int
  * 2 * DEC_BN * DP * 2 bytes (16 / 32 / 64 KB); with the Q tile the block takes 72 / 112 / 160 KB
  * of shared memory, so an H100 SM holds 3 / 2 / 1 blocks (and A100's 164 KB one D = 256 block),
  * each with (STAGES - 1) stages in flight: 48 to 128 KB per SM, far above the ~20 KB per SM that
- * 3 TB/s at ~1 us of memory latency needs. */
+ * 3 TB/s at ~1 us of memory latency needs (D = 128 with <= 16 rows: decode_geom below). What
+ * limits the kernel is its instruction stream, not the bytes in flight. */
 constexpr int DEC_WARPS = 4;
 constexpr int DEC_THREADS = 32 * DEC_WARPS;
 constexpr int DEC_ROWS = 16 * DEC_WARPS;
