@@ -1021,6 +1021,22 @@ static void register_gkv_cases(void)
         add_gkv(c);
     }
 
+    /* paged, grids too large for key splits: the decode geometry whose waves fill better runs
+     * (H100: B 16 x Hk 32 = 512 blocks fill 1.29 waves of the small geometry's 396 slots and 1.94
+     * of the large one's 264, so the large one), with 4 and 2 warps on the keys */
+    for (int g = 0; g < 2; g++) {
+        c = gbase(dts[g]);
+        c.B = 16;
+        c.Hk = 32;
+        c.Hq = g ? 128 : 32;
+        c.Lq = g ? 8 : 1;
+        c.Lnew = g ? 8 : 1;
+        c.causal = g;
+        c.page = 16;
+        for (int b = 0; b < c.B; b++) c.seq[b] = 20 + 13 * b;
+        add_gkv(c);
+    }
+
     /* MLA (D = 576, Dv = 512, V := K[..., :512], one latent head): the MLA kernel at every Lq
      * (64-row tiles: Hq 16 or 128, one to 17 tiles), contiguous, cache_batch_idx and pages of 1,
      * 16 and 64, every score rule, splits by the heuristic and forced, empty and full caches */

@@ -78,20 +78,21 @@ template <> struct decode_tile<128> { static constexpr int STAGES = 3; };
 template <> struct decode_tile<256> { static constexpr int STAGES = 2; };
 
 /* The geometry of one kernel variant (WK: warps sharing a row tile's keys, 0 = a runtime
- * value). At D = 128 with every warp on the keys (<= 16 query rows), the Q tile is 16 rows and a
- * block keeps two stages (68 KB): three blocks a SM, 12 warps, instead of two (112 KB, 8 warps).
- * The kernel is issue-bound (2 warps a scheduler were idle 66 % of cycles, Nsight Compute), and
- * paged rows cost more instructions than contiguous ones: paged decode went 0.88-0.91 -> 0.94-0.99
- * of contiguous; contiguous lost 0-4 % (fewer stages in flight). */
-template <int DP, int WK>
+ * value). SMALL (paged caches at D = 128 with 4 or 2 warps on the keys, <= 16 or 32 query rows):
+ * the Q tile is 16 or 32 rows and a block keeps two stages (68 / 72 KB), so an SM holds three
+ * blocks, 12 warps, instead of two (112 KB, 8 warps). The kernel is issue-bound (2 warps a
+ * scheduler idle 66 % of cycles, Nsight Compute), and paged rows cost more instructions: with 4
+ * warps on the keys paged decode went 0.88-0.91 -> 0.94-0.99 of contiguous; contiguous caches
+ * lost 0-4 % (fewer stages in flight) and keep three stages. */
+template <int DP, int WK, bool SMALL_ = false>
 struct decode_geom {
-    static constexpr bool SMALL = DP == 128 && WK == DEC_WARPS;
-    static constexpr int QROWS = SMALL ? 16 : DEC_ROWS;
+    static constexpr bool SMALL = SMALL_ && DP == 128 && (WK == DEC_WARPS || WK == DEC_WARPS / 2);
+    static constexpr int QROWS = SMALL ? 16 * (DEC_WARPS / WK) : DEC_ROWS;
     static constexpr int STAGES = SMALL ? 2 : decode_tile<DP>::STAGES;
 };
-template <int DP, int WK>
+template <int DP, int WK, bool SMALL = false>
 __host__ __device__ constexpr int decode_smem_bytes() {
-    return (decode_geom<DP, WK>::QROWS + decode_geom<DP, WK>::STAGES * 2 * DEC_BN) * DP * 2;
+    return (decode_geom<DP, WK, SMALL>::QROWS + decode_geom<DP, WK, SMALL>::STAGES * 2 * DEC_BN) * DP * 2;
 }
 /* the end-of-block merge of the warps' states reuses the same memory */
 template <int DP>
@@ -454,14 +455,14 @@ __device__ __forceinline__ void store_row_pair(const cuda_kvcache &f, const deco
 /* ---- the decode kernel ----
  * grid (splits, Hk * row_tiles, B). Rows of a block: r = 0 .. rows - 1 stand for the packed
  * query row r0 + r = i * G + g (query position i, head kvh * G + g), position-major. */
-template <typename T, int DP, int FIXED_WK>
+template <typename T, int DP, int FIXED_WK, bool SMALL = false>
 __global__ void __launch_bounds__(DEC_THREADS)
 decode_kernel(const cuda_kvcache f, const decode_plan pl) {
-    constexpr int STAGES = decode_geom<DP, FIXED_WK>::STAGES, QROWS = decode_geom<DP, FIXED_WK>::QROWS;
+    constexpr int STAGES = decode_geom<DP, FIXED_WK, SMALL>::STAGES, QROWS = decode_geom<DP, FIXED_WK, SMALL>::QROWS;
     constexpr int CH = DP / 8, DT = DP / 8, NT = DEC_BN / 8;
     constexpr int STAGE_ELEMS = 2 * DEC_BN * DP; /* K tile, then V tile */
     static_assert(DEC_THREADS % CH == 0, "each thread copies one fixed chunk column");
-    static_assert(decode_merge_bytes<DP>() <= decode_smem_bytes<DP, FIXED_WK>(), "the merge reuses the tiles");
+    static_assert(decode_merge_bytes<DP>() <= decode_smem_bytes<DP, FIXED_WK, SMALL>(), "the merge reuses the tiles");
     extern __shared__ __align__(128) unsigned char smem_raw[];
     T *sQ = (T *)smem_raw, *sKV = sQ + QROWS * DP;
 
@@ -985,6 +986,12 @@ decode_combine_kernel(const cuda_kvcache f, const decode_plan pl) {
             sum > 0.0f ? M * LN2_F + logf(sum) : -INFINITY;
 }
 
+/* The fraction of the last wave's slots a grid of `blocks` fills, averaged over its waves (1: whole waves) */
+double wave_efficiency(int64_t blocks, int64_t slots) {
+    const double waves = (double)blocks / (double)slots;
+    return waves / ceil(waves);
+}
+
 /* Key splits (flash-decoding), FlashAttention-2's rule on this kernel's numbers: none when the
  * blocks of the call already fill 80% of the blocks the GPU holds at once (`slots`); else the
  * smallest split count whose wave efficiency (blocks * s / slots over its ceiling) is within 5%
@@ -1000,8 +1007,7 @@ int decode_num_splits(int64_t blocks, int64_t slots, int64_t cap_blocks, int min
     smax = smax < 1 ? 1 : smax > HEURISTIC_MAX_SPLITS ? HEURISTIC_MAX_SPLITS : smax;
     double eff[HEURISTIC_MAX_SPLITS + 1], best = 0.0;
     for (int s = 1; s <= smax; s++) {
-        const double waves = (double)(blocks * s) / (double)slots;
-        eff[s] = waves / ceil(waves);
+        eff[s] = wave_efficiency(blocks * s, slots);
         best = eff[s] > best ? eff[s] : best;
     }
     for (int s = 1; s <= smax; s++)
@@ -1027,6 +1033,19 @@ enum cflash_status device_error(const char *what, cudaError_t err) {
 
 typedef void (*kv_kernel)(const cuda_kvcache, const decode_plan);
 
+/* The blocks of `kernel` (`threads`, `bytes` of shared memory) the GPU holds at once: SMs times
+ * blocks a SM (at least one a SM). Sets the kernel's shared-memory limit first, which the
+ * occupancy query and the launch need. */
+cudaError_t kernel_slots(kv_kernel kernel, int threads, int bytes, int64_t *slots) {
+    int dev = 0, sms = 0, per_sm = 0;
+    cudaError_t err = cudaGetDevice(&dev);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (err == cudaSuccess) err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, bytes);
+    *slots = (int64_t)sms * (per_sm > 0 ? per_sm : 1);
+    return err;
+}
+
 /* One attention call over a cache with `kernel` (`threads` a block, `bytes` of shared memory, `bn`
  * keys a stage, pl.row_tiles / row_groups set): the split count, the workspace, then the append,
  * the kernel and the combine on f->stream. */
@@ -1040,17 +1059,12 @@ enum cflash_status launch_kv(const cuda_kvcache *f, kv_kernel kernel, int thread
     /* everything that can fail before anything is written: attributes, occupancy, workspace */
     cudaError_t err = cudaSuccess;
     if (f->Lq > 0) {
-        int dev = 0, sms = 0, per_sm = 0;
-        err = cudaGetDevice(&dev);
-        if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-        if (err == cudaSuccess) err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-        if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, bytes);
+        int64_t slots = 0;
+        err = kernel_slots(kernel, threads, bytes, &slots);
         if (err != cudaSuccess) return device_error("setup of the decode kernel", err);
         const int forced = decode_forced_splits();
         const int64_t blocks = (int64_t)f->B * f->Hk * pl.row_tiles;
-        pl.splits = forced ? forced
-                           : decode_num_splits(blocks, (int64_t)sms * (per_sm > 0 ? per_sm : 1),
-                                               ((int64_t)f->cap + bn - 1) / bn, min_split_blocks);
+        pl.splits = forced ? forced : decode_num_splits(blocks, slots, ((int64_t)f->cap + bn - 1) / bn, min_split_blocks);
         if (((int64_t)f->B * f->Lq * f->Hq + COMBINE_WARPS - 1) / COMBINE_WARPS > INT32_MAX)
             pl.splits = 1; /* the combine grid would not fit (only with a forced split count) */
         if (pl.splits > 1) {
@@ -1099,6 +1113,27 @@ enum cflash_status launch_decode(const cuda_kvcache *f) {
     pl.row_tiles = (int)((R + DEC_ROWS - 1) / DEC_ROWS);
     const int64_t mtiles = ((R < DEC_ROWS ? R : DEC_ROWS) + 15) / 16;
     pl.row_groups = mtiles <= 1 ? 1 : mtiles <= 2 ? 2 : 4;
+    if constexpr (DP == 128) {
+        /* paged caches take the small geometry (three blocks a SM), unless the grid is too large
+         * for key splits and fills the small geometry's waves worse: Hq:Hk 32:32, B = 16 is 512
+         * blocks, 1.29 waves of 396 (2330 GB/s paged on an H100) but 1.94 of 264 (2870). */
+        if (f->block_table && f->Lq > 0 && pl.row_groups <= 2) {
+            const bool g1 = pl.row_groups == 1;
+            const kv_kernel small = g1 ? decode_kernel<T, DP, DEC_WARPS, true> : decode_kernel<T, DP, DEC_WARPS / 2, true>;
+            const kv_kernel big = g1 ? decode_kernel<T, DP, DEC_WARPS> : decode_kernel<T, DP, DEC_WARPS / 2>;
+            const int small_bytes = g1 ? decode_smem_bytes<DP, DEC_WARPS, true>() : decode_smem_bytes<DP, DEC_WARPS / 2, true>();
+            const int big_bytes = g1 ? decode_smem_bytes<DP, DEC_WARPS>() : decode_smem_bytes<DP, DEC_WARPS / 2>();
+            const int64_t blocks = (int64_t)f->B * f->Hk * pl.row_tiles;
+            int64_t slots_small = 0, slots_big = 0;
+            cudaError_t err = kernel_slots(small, DEC_THREADS, small_bytes, &slots_small);
+            if (err == cudaSuccess) err = kernel_slots(big, DEC_THREADS, big_bytes, &slots_big);
+            if (err != cudaSuccess) return device_error("setup of the decode kernel", err);
+            if (blocks * 5 < slots_small * 4 || decode_forced_splits() ||
+                wave_efficiency(blocks, slots_small) >= wave_efficiency(blocks, slots_big))
+                return launch_kv<T>(f, small, DEC_THREADS, small_bytes, DEC_BN, MIN_SPLIT_BLOCKS, pl);
+            return launch_kv<T>(f, big, DEC_THREADS, big_bytes, DEC_BN, MIN_SPLIT_BLOCKS, pl);
+        }
+    }
     if (pl.row_groups == 1)
         return launch_kv<T>(f, decode_kernel<T, DP, DEC_WARPS>, DEC_THREADS, decode_smem_bytes<DP, DEC_WARPS>(), DEC_BN,
                             MIN_SPLIT_BLOCKS, pl);
