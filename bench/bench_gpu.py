@@ -183,6 +183,28 @@ def packed_cases(cflash, torch, rows_out, time_ms):
                             "peer_value": round(flops / ms / 1e9, 1), "ratio": round(tf_p / (flops / ms / 1e9), 3),
                             "correct": ok_p, "max_err": round(err_p, 5)})
         rows_out.append((name_p, tf_p, None, None, ok_p, err_p, 2e-2, None, flops / ms / 1e9 if ms else None))
+        # the documents plus the first one as a shared prefix of every other (a full slice each):
+        # no packed batch, so the slice walk (cflash.RangePlan.packed_sequences == 0)
+        pre = [[starts[0], starts[1]]] * (len(ranges) - 1)
+        plan_s = cflash.RangePlan(ranges + ranges[1:], ranges + pre, 16384, 16384,
+                                  attn_type_map=["causal"] * len(ranges) + ["full"] * (len(ranges) - 1))
+        assert plan.packed_sequences > 0 and plan_s.packed_sequences == 0
+        run_s = lambda: cflash.attn_range(q, k, v, plan_s, out=out)
+        out.fill_(float("nan")); run_s(); torch.cuda.synchronize()
+        err_s = (out[a:b].float() - ref).abs().max().item()  # the first document sees only itself
+        ok_s = bool(torch.isfinite(out).all().item()) and err_s < 2e-2
+        flops_s = flops + sum(2 * Hq * n * lens[0] * 2 * D for n in lens[1:])
+        tf_s = flops_s / time_ms(run_s) / 1e9
+        name_s = f"range plan bf16 D=128 16 causal docs + shared doc 0 Hq:Hk={Hq}:{Hk}"
+        records.append({"case": name_s, "unit": "TFLOP/s", "ours": round(tf_s, 1), "peer": "self_varlen",
+                        "peer_value": round(tf, 1), "ratio": round(tf_s / tf, 3), "correct": ok_s, "max_err": round(err_s, 5)})
+        ms_s = flex_time(torch, *(x.transpose(0, 1).unsqueeze(0).contiguous() for x in (q, k, v)), 1, Hq, 16384, 16384,
+                         mask_mod=lambda b, h, i, j: ((doc[i] == doc[j]) & (i >= j)) | ((doc[j] == 0) & (doc[i] != 0)), gqa=Hq != Hk)
+        if ms_s:
+            records.append({"case": name_s, "unit": "TFLOP/s", "ours": round(tf_s, 1), "peer": "flex",
+                            "peer_value": round(flops_s / ms_s / 1e9, 1), "ratio": round(tf_s / (flops_s / ms_s / 1e9), 3),
+                            "correct": ok_s, "max_err": round(err_s, 5)})
+        rows_out.append((name_s, tf_s, None, None, ok_s, err_s, 2e-2, None, flops_s / ms_s / 1e9 if ms_s else None))
     # key-side mask, 70% of keys kept, 2 x 8192 keys, full attention
     Hq = Hk = 16
     cu = torch.tensor([0, 8192, 16384], dtype=torch.int32, device=dev)

@@ -219,6 +219,12 @@ void cflash_range_plan_destroy(cflash_range_plan_t plan);
 /* Number of slices kept (empty slices are dropped) and useful (visible) cells of the plan. */
 int64_t cflash_range_plan_num_slices(const struct cflash_range_plan *plan);
 int64_t cflash_range_plan_visible_cells(const struct cflash_range_plan *plan);
+/* The sequences of a plan that is a packed batch, else 0. A packed batch: the kept slices,
+ * ordered by first row, have disjoint query ranges and disjoint key ranges in the same order,
+ * and are all full or all causal (a document mask). cflash_attn_range then runs it as
+ * cflash_attn_varlen would (the slices, and gaps as sequences without keys or without rows)
+ * unless a mask or bias is given. */
+int64_t cflash_range_plan_packed_sequences(const struct cflash_range_plan *plan);
 
 /*
  * Attention under a range plan: q [Tq, Hq, D], k [Tk, Hk, D], v [Tk, Hk, Dv] (or NULL: V := K),

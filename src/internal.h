@@ -185,6 +185,14 @@ struct cflash_range_plan {
     int64_t num_segments;        /* ceil(Tq / RANGE_BLOCK_ROWS) row blocks */
     struct attn_segment *segments;
     struct attn_slice *slices;   /* per segment, copies of the slices that intersect it */
+    /* A plan that is a packed batch (range.c, plan_as_varlen): disjoint slices in q and k
+     * order, all full or all causal (bottom-right, as a slice's diagonal is), no other rule.
+     * The CUDA backend then runs the packed-sequence kernel on cu_q / cu_k (the slices, with
+     * documents for the gaps between them: rows without keys, keys without rows) instead of
+     * walking slices. varlen_causal: -1 not a packed batch, 0 full, 1 causal. */
+    int32_t varlen_causal;
+    int64_t varlen_B, varlen_max_q, varlen_max_k;
+    int32_t *varlen_cu;          /* [2 (varlen_B + 1)]: cu_q, then cu_k */
     /* device copies (range.c, range_plan_on_device): made on a GPU's first call with the plan,
      * under gpu_lock (calls on one plan may come from several threads), freed with the plan */
     pthread_mutex_t gpu_lock;
@@ -195,10 +203,11 @@ struct cflash_range_plan {
 #ifdef CFLASH_HAVE_CUDA
 struct cuda_slice;
 /* The plan's slices and 128-row block list on CUDA device `device` (struct cuda_fwd's `slices`
- * and `tile_slices`), uploaded on the first call there. OUT_OF_MEMORY / DEVICE_ERROR /
- * UNSUPPORTED (more than RANGE_PLAN_MAX_GPUS devices). */
+ * and `tile_slices`; a packed batch's cu_q then cu_k, else NULL), uploaded on the first call
+ * there. OUT_OF_MEMORY / DEVICE_ERROR / UNSUPPORTED (more than RANGE_PLAN_MAX_GPUS devices). */
 enum cflash_status range_plan_on_device(const struct cflash_range_plan *plan, int32_t device,
-                                        const struct cuda_slice **slices, const int32_t **tiles);
+                                        const struct cuda_slice **slices, const int32_t **tiles,
+                                        const int32_t **varlen_cu);
 #endif
 
 /* ---- threads.c: run fn(ctx, item, thread) for item in [0, n) on num_threads threads ---- */

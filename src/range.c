@@ -70,6 +70,63 @@ static enum cflash_status check_int_tensor(const char *name, const struct cflash
     return CFLASH_STATUS_OK;
 }
 
+/* Whether the plan is a packed batch (struct cflash_range_plan's varlen_* fields): its slices,
+ * sorted by (q0, k0), have disjoint query ranges and disjoint key ranges in the same order, and
+ * are all full or all causal. The documents are the slices plus one for each gap: rows no slice
+ * covers (no keys: empty rows, as in the plan) and keys no slice covers (no rows). A causal
+ * slice's diagonal is its bottom-right corner, the packed kernel's alignment. Only an
+ * allocation can fail (OUT_OF_MEMORY); a plan that is no packed batch keeps varlen_causal -1. */
+static enum cflash_status plan_as_varlen(struct cflash_range_plan *plan) {
+    const int64_t m = plan->num_slices;
+    const struct attn_slice *u = plan->unique;
+    plan->varlen_causal = -1;
+    if (m == 0 || plan->Tq > INT32_MAX || plan->Tk > INT32_MAX) return CFLASH_STATUS_OK;
+    int causal = -1;
+    for (int64_t a = 0; a < m; a++) {
+        const int64_t diag_hi = (u[a].k1 - u[a].k0) - (u[a].q1 - u[a].q0) + (u[a].k0 - u[a].q0);
+        const int c = u[a].dlo != -BAND_UNBOUNDED ? -1 : u[a].dhi == BAND_UNBOUNDED ? 0 : u[a].dhi == diag_hi ? 1 : -1;
+        if (c < 0 || (a > 0 && c != causal)) return CFLASH_STATUS_OK;
+        causal = c;
+        if (a > 0 && (u[a].q0 < u[a - 1].q1 || u[a].k0 < u[a - 1].k1)) return CFLASH_STATUS_OK;
+    }
+    /* documents: at most a row gap, a key gap and the slice per slice, and the two tails */
+    int32_t *cu = malloc(sizeof *cu * (size_t)(2 * (3 * m + 3)));
+    if (!cu) return cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "plan: out of memory");
+    int64_t n = 0, qpos = 0, kpos = 0, maxq = 0, maxk = 0;
+    int32_t *cq = cu, *ck = cu + (3 * m + 3);
+    cq[0] = ck[0] = 0;
+#define DOC(q1_, k1_)                                                   \
+    do {                                                                \
+        maxq = (q1_) - qpos > maxq ? (q1_) - qpos : maxq;               \
+        maxk = (k1_) - kpos > maxk ? (k1_) - kpos : maxk;               \
+        qpos = (q1_);                                                   \
+        kpos = (k1_);                                                   \
+        n++;                                                            \
+        cq[n] = (int32_t)qpos;                                          \
+        ck[n] = (int32_t)kpos;                                          \
+    } while (0)
+    for (int64_t a = 0; a < m; a++) {
+        if (u[a].q0 > qpos) DOC(u[a].q0, kpos); /* rows without keys */
+        if (u[a].k0 > kpos) DOC(qpos, u[a].k0); /* keys without rows */
+        DOC(u[a].q1, u[a].k1);
+    }
+    if (plan->Tq > qpos) DOC(plan->Tq, kpos);
+    if (plan->Tk > kpos) DOC(qpos, plan->Tk);
+#undef DOC
+    if (n > 65535) { /* more than a CUDA grid's sequences: the slice walk */
+        free(cu);
+        return CFLASH_STATUS_OK;
+    }
+    /* cu_k right after cu_q: [2 (n + 1)] */
+    memmove(cu + n + 1, ck, sizeof *cu * (size_t)(n + 1));
+    plan->varlen_cu = cu;
+    plan->varlen_B = n;
+    plan->varlen_max_q = maxq;
+    plan->varlen_max_k = maxk;
+    plan->varlen_causal = causal;
+    return CFLASH_STATUS_OK;
+}
+
 enum cflash_status cflash_range_plan_create(cflash_range_plan_t *out_plan,
                                             const struct cflash_tensor *q_ranges,
                                             const struct cflash_tensor *k_ranges,
@@ -124,6 +181,7 @@ enum cflash_status cflash_range_plan_create(cflash_range_plan_t *out_plan,
     }
     plan->Tq = Tq;
     plan->Tk = Tk;
+    plan->varlen_causal = -1;
 
     /* global slices; empty ones are dropped */
     int64_t m = 0;
@@ -257,6 +315,10 @@ enum cflash_status cflash_range_plan_create(cflash_range_plan_t *out_plan,
             plan->slices[plan->segments[iv[3 * cur + 2] + blk - iv[3 * cur]].s1++] = *sl;
     }
     free(iv);
+    if (plan_as_varlen(plan) != CFLASH_STATUS_OK) {
+        cflash_range_plan_destroy(plan);
+        return CFLASH_STATUS_OUT_OF_MEMORY; /* the message is set */
+    }
     *out_plan = plan;
     return CFLASH_STATUS_OK;
 
@@ -276,11 +338,16 @@ void cflash_range_plan_destroy(cflash_range_plan_t plan) {
     free(plan->unique);
     free(plan->segments);
     free(plan->slices);
+    free(plan->varlen_cu);
     free(plan);
 }
 
 int64_t cflash_range_plan_num_slices(const struct cflash_range_plan *plan) {
     return plan ? plan->num_slices : 0;
+}
+
+int64_t cflash_range_plan_packed_sequences(const struct cflash_range_plan *plan) {
+    return plan && plan->varlen_causal >= 0 ? plan->varlen_B : 0;
 }
 
 int64_t cflash_range_plan_visible_cells(const struct cflash_range_plan *plan) {
@@ -301,13 +368,15 @@ _Static_assert(sizeof(struct cuda_slice) == sizeof(struct attn_slice), "the devi
 
 /* The device layout: the segments' slices as they are, then int32 tile_slices[ntiles + 1] with
  * 128-row block t owning slices [tile_slices[t], tile_slices[t + 1]) (blocks in no slice:
- * empty ranges, so their rows are written as empty rows). */
+ * empty ranges, so their rows are written as empty rows), then a packed batch's cu_q and cu_k. */
 enum cflash_status range_plan_on_device(const struct cflash_range_plan *cplan, int32_t device,
-                                        const struct cuda_slice **slices, const int32_t **tiles) {
+                                        const struct cuda_slice **slices, const int32_t **tiles,
+                                        const int32_t **varlen_cu) {
     struct cflash_range_plan *plan = (struct cflash_range_plan *)cplan; /* the device copies are a cache */
     const int64_t ntiles = (plan->Tq + RANGE_BLOCK_ROWS - 1) / RANGE_BLOCK_ROWS;
     const int64_t ns = plan->num_segments > 0 ? plan->segments[plan->num_segments - 1].s1 : 0;
     const size_t slice_bytes = sizeof(struct attn_slice) * (size_t)ns;
+    const size_t cu_bytes = plan->varlen_causal >= 0 ? sizeof(int32_t) * 2 * (size_t)(plan->varlen_B + 1) : 0;
     if (ntiles + 1 > INT32_MAX || ns > INT32_MAX)
         return cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "plan: too many blocks or slices for the CUDA backend");
     enum cflash_status st = CFLASH_STATUS_OK;
@@ -318,7 +387,7 @@ enum cflash_status range_plan_on_device(const struct cflash_range_plan *cplan, i
         if (g == RANGE_PLAN_MAX_GPUS) {
             st = cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "plan: used on more than %d GPUs", RANGE_PLAN_MAX_GPUS);
         } else {
-            const size_t bytes = slice_bytes + sizeof(int32_t) * (size_t)(ntiles + 1);
+            const size_t bytes = slice_bytes + sizeof(int32_t) * (size_t)(ntiles + 1) + cu_bytes;
             char *host = malloc(bytes);
             if (!host) {
                 st = cflash_set_error(CFLASH_STATUS_OUT_OF_MEMORY, "plan: out of memory");
@@ -333,6 +402,7 @@ enum cflash_status range_plan_on_device(const struct cflash_range_plan *cplan, i
                 t[ntiles] = (int32_t)ns;
                 for (int64_t i = ntiles - 1; i >= 0; i--) /* blocks in no slice: the next block's start */
                     if (t[i] < 0) t[i] = t[i + 1];
+                if (cu_bytes) memcpy(t + ntiles + 1, plan->varlen_cu, cu_bytes);
                 void *dev = NULL;
                 st = cuda_plan_upload(device, host, bytes, &dev);
                 free(host);
@@ -347,6 +417,7 @@ enum cflash_status range_plan_on_device(const struct cflash_range_plan *cplan, i
     if (st == CFLASH_STATUS_OK) {
         *slices = (const struct cuda_slice *)plan->gpu_copy[g];
         *tiles = (const int32_t *)((const char *)plan->gpu_copy[g] + slice_bytes);
+        *varlen_cu = cu_bytes ? *tiles + ntiles + 1 : NULL;
     }
     pthread_mutex_unlock(&plan->gpu_lock);
     return st;

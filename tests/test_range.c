@@ -1588,6 +1588,45 @@ static void empty_case(const void *arg)
     cflash_range_plan_destroy(NULL); /* a no-op */
 }
 
+/* cflash_range_plan_packed_sequences: which plans are document masks (packed batches), and how
+ * many sequences their gaps add. Each plan's attention through that path is checked against the
+ * oracle by the plan cases (document masks, gaps, empty slices). */
+static void packed_case(const void *arg)
+{
+    (void)arg;
+    static const struct {
+        int64_t Tq, Tk;
+        int n;
+        int s[4][5]; /* qs, qe, ks, ke, type */
+        int64_t want;
+        const char *what;
+    } cases[] = {
+        {30, 40, 2, {{0, 10, 0, 15, 1}, {10, 30, 15, 40, 1}}, 2, "two causal documents covering both axes"},
+        {30, 40, 2, {{12, 30, 20, 40, 0}, {2, 10, 5, 15, 0}}, 6,
+         "full documents given out of order, with gaps: rows 0-2 / keys 0-5, rows 10-12 / keys 15-20"},
+        {30, 40, 2, {{0, 10, 0, 15, 1}, {10, 20, 15, 25, 0}}, 0, "causal and full mixed"},
+        {30, 40, 2, {{0, 10, 20, 30, 1}, {10, 20, 0, 15, 1}}, 0, "key ranges out of the rows' order"},
+        {30, 40, 2, {{0, 10, 0, 15, 0}, {0, 10, 20, 30, 0}}, 0, "one row range seeing two key ranges"},
+        {30, 40, 1, {{0, 30, 0, 40, 3}}, 0, "a band"},
+        {30, 40, 1, {{0, 30, 0, 40, 2}}, 0, "inverse causal"},
+        {30, 40, 2, {{0, 10, 0, 0, 1}, {10, 30, 0, 40, 1}}, 2, "an empty slice dropped: rows 0-10 a gap"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct rplan p;
+        rplan_init(&p, cases[i].Tq, cases[i].Tk);
+        for (int a = 0; a < cases[i].n; a++)
+            rplan_add(&p, cases[i].s[a][0], cases[i].s[a][1], cases[i].s[a][2], cases[i].s[a][3], cases[i].s[a][4]);
+        cflash_range_plan_t plan = NULL;
+        enum cflash_status st = api_plan(&p, 0, 0, NULL, 0, &plan);
+        rplan_free(&p);
+        CHECK(st == CFLASH_STATUS_OK, "create (%s): %s (%s)", cases[i].what, cflash_status_string(st), cflash_last_error());
+        const int64_t got = cflash_range_plan_packed_sequences(plan);
+        cflash_range_plan_destroy(plan);
+        CHECK(got == cases[i].want, "%s: packed_sequences %lld, want %lld", cases[i].what, (long long)got, (long long)cases[i].want);
+    }
+    CHECK(cflash_range_plan_packed_sequences(NULL) == 0, "packed_sequences of NULL is not 0");
+}
+
 /* Degenerate axes: n = 0, Tq = 0, Tk = 0, all-empty plans; through every kernel. */
 struct edge_arg {
     enum cflash_kernel kernel;
@@ -2460,6 +2499,7 @@ void register_range_tests(void)
     register_random();
     register_overlap();
     tcase_add("range/empty/slices_dropped", empty_case, NULL, 0);
+    tcase_add("range/packed_sequences", packed_case, NULL, 0);
     static const char *en[5] = {"no_slices", "Tk=0", "Tq=0", "all_empty_with_sinks",
                                 "single_cells_at_block_edges"};
     char name[256];

@@ -204,7 +204,10 @@ class RangePlan:
 
     A row sees the union of its slices' keys in one softmax; rows in no slice are empty rows.
     Two slices sharing a (row, key) cell: ValueError naming both.
-    Properties: num_slices (non-empty slices kept), visible_cells, Tq, Tk.
+    Properties: num_slices (non-empty slices kept), visible_cells, Tq, Tk, packed_sequences
+    (a plan whose slices are disjoint in both axes, in order, all full or all causal is a
+    document mask: it runs as a packed varlen batch of that many sequences, the gaps between
+    slices included; 0 for other plans).
     """
 
     def __init__(self, q_ranges, k_ranges, Tq, Tk, attn_type_map=None, segment_offsets=None):
@@ -220,6 +223,7 @@ class RangePlan:
     visible_cells = property(lambda self: self._plan.visible_cells)
     Tq = property(lambda self: self._plan.Tq)
     Tk = property(lambda self: self._plan.Tk)
+    packed_sequences = property(lambda self: self._plan.packed_sequences)
 
     def __repr__(self):
         return f"RangePlan(Tq={self.Tq}, Tk={self.Tk}, num_slices={self.num_slices}, visible_cells={self.visible_cells})"

@@ -497,7 +497,8 @@ static PyObject *range_plan_get(RangePlanObject *self, void *which) {
     case 0: return PyLong_FromLongLong(cflash_range_plan_num_slices(self->plan));
     case 1: return PyLong_FromLongLong(cflash_range_plan_visible_cells(self->plan));
     case 2: return PyLong_FromLongLong(self->Tq);
-    default: return PyLong_FromLongLong(self->Tk);
+    case 3: return PyLong_FromLongLong(self->Tk);
+    default: return PyLong_FromLongLong(cflash_range_plan_packed_sequences(self->plan));
     }
 }
 
@@ -506,6 +507,8 @@ static PyGetSetDef range_plan_getset[] = {
     {"visible_cells", (getter)range_plan_get, NULL, "visible (row, key) cells of the plan", (void *)1},
     {"Tq", (getter)range_plan_get, NULL, "query tokens the plan indexes", (void *)2},
     {"Tk", (getter)range_plan_get, NULL, "key tokens the plan indexes", (void *)3},
+    {"packed_sequences", (getter)range_plan_get, NULL,
+     "sequences of a plan that runs as a packed (varlen) batch, else 0", (void *)4},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject RangePlanType = {

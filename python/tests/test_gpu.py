@@ -159,6 +159,33 @@ def test_range_plan(torch, rng, monkeypatch, engine, D):
                                                                  rnd=rnd), dtype)
 
 
+@pytest.mark.parametrize("engine", ["auto", "mma"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_document_mask_plan(torch, rng, monkeypatch, engine, causal):
+    """A document mask as a range plan (slices out of order, rows and keys between documents in
+    no slice) runs as a packed varlen batch on the GPU (cu_seqlens uploaded with the plan): with
+    ALiBi, sinks and softcap, both engines; the same plan with a mask walks the slices."""
+    monkeypatch.setenv("CFLASH_CUDA_KERNEL", engine)
+    dtype, Hq, Hk, D, Tq, Tk = "bfloat16", 4, 2, 128, 700, 800
+    qr, kr = [[300, 650], [0, 130], [140, 290]], [[420, 800], [0, 200], [200, 330]]
+    types = ["causal" if causal else "full"] * 3
+    plan = cflash.RangePlan(qr, kr, Tq, Tk, attn_type_map=types)
+    assert plan.packed_sequences == 7  # three documents; rows 130-140, 290-300, 650-700; keys 330-420
+    q, k, v = randn(rng, (Tq, Hq, D), dtype), randn(rng, (Tk, Hk, D), dtype), randn(rng, (Tk, Hk, D), dtype)
+    slopes = (rng.random(Hq) * 0.1).astype(np.float32)
+    sinks = rng.standard_normal(Hq).astype(np.float32)
+    tq, tk, tv = cuda(torch, q, dtype), cuda(torch, k, dtype), cuda(torch, v, dtype)
+    out, lse = cflash.attn_range(tq, tk, tv, plan, alibi_slopes=torch.from_numpy(slopes).cuda(),
+                                 sinks=torch.from_numpy(sinks).cuda(), softcap=30.0, return_lse=True)
+    check(back(out), back(lse), lambda rnd: reference.range_plan(q, k, v, qr, kr, types, alibi=slopes, sinks=sinks,
+                                                                 softcap=30.0, rnd=rnd), dtype)
+    mask = rng.random((Tk, Hk)) < 0.6
+    out, lse = cflash.attn_range(tq, tk, tv, plan, mask=torch.from_numpy(mask).cuda(), return_lse=True)
+    check(back(out), back(lse), lambda rnd: reference.range_plan(q, k, v, qr, kr, types,
+                                                                 mask=reference.head_variants(mask.T[:, None, :], Hq),
+                                                                 rnd=rnd), dtype)
+
+
 def test_kvcache_chunked_prefill(torch, rng):
     """flash_attn_with_kvcache with 48 new queries and keys per sequence (chunked prefill, Lq > 8:
     the append, then the prefill kernel), cache_batch_idx, causal bottom-right over the whole

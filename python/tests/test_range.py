@@ -24,7 +24,7 @@ def plan():
 
 
 def test_plan_properties(plan):
-    assert (plan.Tq, plan.Tk, plan.num_slices) == (TQ, TK, 5)
+    assert (plan.Tq, plan.Tk, plan.num_slices, plan.packed_sequences) == (TQ, TK, 5, 0)
     cells = 0
     for (qs, qe), (ks, ke), t in SLICES:
         Lq, Lk = qe - qs, ke - ks
@@ -44,6 +44,34 @@ def test_range(rng, plan, fw, dtype):
                                  return_lse=True)
     check(out, lse, lambda rnd: reference.range_plan(q, k, v, QR, KR, TYPES, rnd=rnd), dtype)
     assert np.isneginf(to_np(lse)[:, 19]).all() and (to_np(out)[19] == 0).all()
+
+
+# document masks (packed batches): (q_ranges, k_ranges, types, packed sequences); out of order,
+# with rows and keys between the documents that no slice covers
+DOC_PLANS = [
+    ([(3, 9), (12, 20)], [(2, 10), (14, 24)], ["causal", "causal"], 6),
+    ([(9, 20), (0, 9)], [(10, 24), (0, 10)], ["full", "full"], 2),
+]
+
+
+@pytest.mark.parametrize("qr,kr,types,packed", DOC_PLANS)
+def test_document_mask_plan_runs_packed(rng, qr, kr, types, packed):
+    """A plan of disjoint documents in order (all causal or all full) runs as a packed varlen
+    batch, the gaps as sequences without keys or rows (their rows: 0 and -inf), with every score
+    option; with a mask it walks the slices. Both against the reference."""
+    plan = cflash.RangePlan(qr, kr, TQ, TK, attn_type_map=types)
+    assert plan.packed_sequences == packed
+    q, k, v = randn(rng, (TQ, 4, 16), "float32"), randn(rng, (TK, 2, 16), "float32"), randn(rng, (TK, 2, 8), "float32")
+    slopes = rng.uniform(0.1, 0.4, 4).astype(np.float32)
+    sinks = rng.standard_normal(4).astype(np.float32)
+    tq, tk, tv = (make(x, "numpy", "float32") for x in (q, k, v))
+    out, lse = cflash.attn_range(tq, tk, tv, plan, alibi_slopes=slopes, sinks=sinks, softcap=4.0, return_lse=True)
+    check(out, lse, lambda rnd: reference.range_plan(q, k, v, qr, kr, types, alibi=slopes, sinks=sinks, softcap=4.0,
+                                                     rnd=rnd), "float32")
+    mask = rng.random((TK, 2)) < 0.6
+    out, lse = cflash.attn_range(tq, tk, tv, plan, mask=mask, return_lse=True)
+    check(out, lse, lambda rnd: reference.range_plan(q, k, v, qr, kr, types, mask=reference.head_variants(mask.T[:, None, :], 4),
+                                                     rnd=rnd), "float32")
 
 
 def test_plan_reused_across_heads_dtypes_and_options(rng, plan):
