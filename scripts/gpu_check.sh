@@ -67,6 +67,7 @@ if [ "$TESTS" = 1 ]; then
                   -k "^cuda/auto/f16/D=64/Hq=4,Hk=2/Lq=130" -k "^cuda/auto/f16/D=256/Hq=4,Hk=2/Lq=130" \
                   -k "^cuda/auto/bf16/D=136/" -k "^cuda/auto/bf16/D=128/Hq=4,Hk=2/B=4/Lq=[0," \
                   -k "^cuda/auto/f16/D=128/Hq=4,Hk=2/Lq=200,Lk=300/" -k "^cuda/mma/auto/bf16/D=96/" \
+                  -k "^cuda/lockstep/auto/bf16/D=128/Hq=4,Hk=2/B=4/Lq=[0," \
                   -k "^cuda/kvcache/bf16/D=128/Hq=32,Hk=8/B=3,Lq=4,new=3" -k "^cuda/kvcache/bf16/D=128/Hq=32,Hk=8/B=1" \
                   -k "^cuda/kvcache/f16/D=40" -k "^cuda/kvcache/f16/D=136" -k "^cuda/kvcache/bf16/D=128/Hq=8,Hk=1" \
                   -k "^cuda/merge/bf16/rank=4" 2>&1)

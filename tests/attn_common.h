@@ -39,7 +39,8 @@ struct attn_cfg {
     int kv_bcast;         /* dense: k and v stored once, batch stride 0 */
     uint64_t seed;
     int cuda;             /* run the call under test on the GPU (tests/cuda_mirror.c): 1 with the engine
-                             the library picks, 2 with CFLASH_CUDA_KERNEL=mma (the mma.sync kernel) */
+                             the library picks, 2 with CFLASH_CUDA_KERNEL=mma (the mma.sync kernel),
+                             3 with CFLASH_CUDA_WS=0 (the lockstep wgmma kernel) */
 };
 
 /* A config with the defaults: fp32, B=1, no masks, contiguous, seed from nothing. */

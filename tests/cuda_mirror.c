@@ -82,11 +82,15 @@ enum cflash_status cuda_attn_call(const struct attn_setup *s, struct tbuf *out, 
             p.sinks = &sinks;
         if (s->c.cuda == 2)
             setenv("CFLASH_CUDA_KERNEL", "mma", 1);
+        if (s->c.cuda == 3)
+            setenv("CFLASH_CUDA_WS", "0", 1);
         st = s->c.varlen ? cflash_attn_varlen(&q, &k, vp, &cuq, &cuk, s->hint_q, s->hint_k, &o,
                                               lse ? &l : NULL, &p)
                          : cflash_attn_dense(&q, &k, vp, &o, lse ? &l : NULL, &p);
         if (s->c.cuda == 2)
             unsetenv("CFLASH_CUDA_KERNEL");
+        if (s->c.cuda == 3)
+            unsetenv("CFLASH_CUDA_WS");
         if (st == CFLASH_STATUS_OK && cudaDeviceSynchronize() != cudaSuccess)
             st = CFLASH_STATUS_DEVICE_ERROR;
         if (!fetch_buf(out, &o) || (lse && !fetch_buf(lse, &l)))

@@ -19,16 +19,19 @@ static void run_case(const void *arg) { attn_check_case((const struct attn_cfg *
 
 static int n_cases;
 
-/* each case twice: with the engine the library picks (wgmma on an H100) and with the mma.sync
- * kernel forced (what other GPUs run) */
+/* each case three times: with the engine and kernel the library picks (on an H100 the
+ * warp-specialized wgmma kernel for plain calls), with the mma.sync kernel forced (what other
+ * GPUs run), and with the lockstep wgmma kernel (CFLASH_CUDA_WS=0; masks and plans always run
+ * it) */
 static void add(struct attn_cfg c)
 {
+    static const char *prefix[3] = {"cuda", "cuda/mma", "cuda/lockstep"};
     c.kernel = CFLASH_KERNEL_AUTO;
     c.seed = 0xc0da0000u + (uint64_t)n_cases++;
-    for (int engine = 1; engine <= 2; engine++) {
+    for (int engine = 1; engine <= 3; engine++) {
         char name[512];
         c.cuda = engine;
-        cfg_name(name, sizeof name, engine == 1 ? "cuda" : "cuda/mma", &c);
+        cfg_name(name, sizeof name, prefix[engine - 1], &c);
         tcase_add(name, run_case, &c, sizeof c);
     }
 }
@@ -59,8 +62,8 @@ static void add_grid(void)
                 add(c);
             }
     /* odd lengths, Lq != Lk in both directions, both alignments */
-    static const int lens[5][2] = {{1, 17}, {17, 1023}, {1023, 17}, {1, 1023}, {1023, 1023}};
-    for (int i = 0; i < 5; i++)
+    static const int lens[6][2] = {{1, 17}, {17, 1023}, {1023, 17}, {1, 1023}, {1023, 1023}, {1100, 1100}};
+    for (int i = 0; i < 6; i++) /* 1100: D = 64 full attention takes the WS kernel past 1024 rows */
         for (int mode = 0; mode < 3; mode++) {
             struct attn_cfg c = base(CFLASH_DTYPE_F16, 64, lens[i][0], lens[i][1]);
             c.Hq = 2;

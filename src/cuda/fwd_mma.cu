@@ -28,6 +28,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 extern "C" enum cflash_status cflash_set_error(enum cflash_status st, const char *fmt, ...);
 
@@ -58,10 +59,10 @@ static __device__ __forceinline__ uint32_t tile_addr(uint32_t base, int r, int c
  * that is the same for all of a thread's rows (the row step is a multiple of 8). */
 template <typename T, int DP, int ROWS, int THREADS, bool WG>
 __device__ __forceinline__ void load_tile(uint32_t s, const T *g, int64_t stride, int valid_rows, int chunks,
-                                          const T *safe) {
+                                          const T *safe, int tid = (int)threadIdx.x) { /* tid in [0, THREADS) */
     constexpr int CH = DP / 8, RSTEP = THREADS / CH, ITERS = ROWS * CH / THREADS;
-    static_assert(THREADS % CH == 0 && (ROWS * CH) % THREADS == 0 && RSTEP % 8 == 0, "tile and block do not divide");
-    const int c = threadIdx.x % CH, r0 = threadIdx.x / CH;
+    static_assert(THREADS % CH == 0 && (ROWS * CH) % THREADS == 0, "tile and block do not divide");
+    const int c = tid % CH, r0 = tid / CH; /* a row step of 8k keeps the swizzled chunk fixed (no address math) */
     const bool chunk_ok = c < chunks;
     const T *gp = g + (int64_t)r0 * stride + c * 8;
     const int64_t step = (int64_t)RSTEP * stride;
@@ -114,7 +115,7 @@ static __device__ __forceinline__ float src_val(__nv_bfloat16 x) { return __bflo
  *     compute step (S takes MT * SUB / 2 registers: at D = 128, where O takes 128, SUB = 32
  *     is what keeps the kernel from spilling).
  * D=256 takes MT = 1: O alone is 32 * 4 fp32 registers per thread per m tile. */
-template <int DP, bool WG> struct fwd_tile;
+template <int DP, bool WG, bool WS = false> struct fwd_tile;
 #ifndef CFLASH_FWD_SUB128 /* experiment switch: keys per compute step at D = 128 */
 #define CFLASH_FWD_SUB128 32
 #endif
@@ -126,6 +127,11 @@ template <> struct fwd_tile<256, false> { static constexpr int MT = 1, NW = 8, B
 template <> struct fwd_tile<64, true>  { static constexpr int MT = 1, NW = 8, BN = 64, SUB = 64, MINB = 2; };
 template <> struct fwd_tile<128, true> { static constexpr int MT = 1, NW = 8, BN = 128, SUB = 128, MINB = 1; };
 template <> struct fwd_tile<256, true> { static constexpr int MT = 1, NW = 8, BN = 64, SUB = 64, MINB = 1; }; /* O: 128 registers */
+/* warp-specialized wgmma (WS): one block a SM (the producers' registers go to the consumers);
+ * D = 64 then takes 128-key tiles (80 KB), D = 128 and 256 the lockstep kernel's */
+template <> struct fwd_tile<64, true, true>  { static constexpr int MT = 1, NW = 8, BN = 128, SUB = 128, MINB = 1; };
+template <> struct fwd_tile<128, true, true> : fwd_tile<128, true> {};
+template <> struct fwd_tile<256, true, true> : fwd_tile<256, true> {};
 
 /* Q, then two K tiles and two V tiles (block nb + 1 is copied while block nb is computed):
  * mma.sync D=64 48 KB, D=128 96 KB (two blocks per SM), D=256 192 KB (one block of 8 warps);
@@ -136,12 +142,18 @@ static_assert(16 * fwd_tile<64, false>::MT * fwd_tile<64, false>::NW == CUDA_FWD
               16 * fwd_tile<64, true>::NW == CUDA_FWD_BLOCK_ROWS && 16 * fwd_tile<128, true>::NW == CUDA_FWD_BLOCK_ROWS &&
               16 * fwd_tile<256, true>::NW == CUDA_FWD_BLOCK_ROWS, "a range plan's row blocks are the kernels' query blocks");
 
-/* GENERAL adds two buffers of BN floats: a key-side mask / bias staged per key block */
-template <int DP, bool WG, bool GENERAL>
+/* GENERAL adds two buffers of BN floats: a key-side mask / bias staged per key block; WS (the
+ * warp-specialized wgmma kernel) its mbarriers */
+template <int DP, bool WG, bool GENERAL, bool WS = false>
 constexpr int fwd_smem_bytes() {
-    return (16 * fwd_tile<DP, WG>::MT * fwd_tile<DP, WG>::NW + 4 * fwd_tile<DP, WG>::BN) * DP * 2 + (WG ? 1024 : 0) +
-           (GENERAL ? 2 * fwd_tile<DP, WG>::BN * 4 : 0);
+    using t = fwd_tile<DP, WG, WS>;
+    return (16 * t::MT * t::NW + 4 * t::BN) * DP * 2 + (WG ? 1024 : 0) + (GENERAL ? 2 * t::BN * 4 : 0) + (WS ? 128 : 0);
 }
+/* WS: a producer warpgroup (it only copies: Q, then K and V of each key block into two stages
+ * each) beside the NW consumer warps */
+constexpr int WS_PRODUCERS = 128;
+template <int DP, bool WG, bool WS>
+constexpr int fwd_threads() { return fwd_tile<DP, WG, WS>::NW * 32 + (WS ? WS_PRODUCERS : 0); }
 
 /* the wgmma shapes the kernel uses, by N */
 template <int N, typename T>
@@ -159,13 +171,15 @@ static __device__ __forceinline__ void wg_rs(float (&d)[N / 2], const uint32_t a
 /* GENERAL: masks, biases and range plans (f.slices: a plan's slices instead of one rule per
  * sequence) are compiled in; without them (a template argument) plain dense and packed calls
  * keep the registers the mask reads and the slice walk would take */
-template <typename T, int DP, bool WG, bool GENERAL>
-__global__ void __launch_bounds__(fwd_tile<DP, WG>::NW * 32, fwd_tile<DP, WG>::MINB)
+template <typename T, int DP, bool WG, bool GENERAL, bool WS>
+__global__ void __launch_bounds__(fwd_threads<DP, WG, WS>(), fwd_tile<DP, WG, WS>::MINB)
 fwd_mma_kernel(const struct cuda_fwd f) {
-    constexpr int MT = fwd_tile<DP, WG>::MT, NW = fwd_tile<DP, WG>::NW, BN = fwd_tile<DP, WG>::BN, SUB = fwd_tile<DP, WG>::SUB;
+    using tile = fwd_tile<DP, WG, WS>;
+    constexpr int MT = tile::MT, NW = tile::NW, BN = tile::BN, SUB = tile::SUB;
     constexpr int BM = 16 * MT * NW, NT = SUB / 8, DT = DP / 8, THREADS = NW * 32;
     constexpr uint32_t TILE = 2u * BN * DP; /* bytes of one K or V tile */
     static_assert(!WG || (MT == 1 && SUB == BN && NW % 4 == 0), "wgmma: one m16 tile per warp, whole key tiles, warpgroups");
+    static_assert(!WS || (WG && !GENERAL && NW == 8 && tile::MINB == 1), "WS: the plain wgmma kernel, two consumer warpgroups");
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const uint32_t sQ = WG ? (smem_addr(smem_raw) + 1023u) & ~1023u : smem_addr(smem_raw);
     const uint32_t sK = sQ + 2u * BM * DP, sV = sK + 2 * TILE;
@@ -537,7 +551,125 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         }
     };
 
-    if constexpr (WG) {
+    if constexpr (WS) {
+        /* Warp-specialized wgmma (FlashAttention-3's structure, with cp.async copies): warpgroup 2
+         * only copies, warpgroups 0 and 1 only compute. Per K and V stage (two each) a "full"
+         * mbarrier (the producers' 128 cp.async arrivals: the tile landed) and an "empty" one (the
+         * 8 consumer warps' arrivals: both warpgroups are done reading it), so no __syncthreads in
+         * the loop. The consumers take turns issuing their wgmmas (named barriers 1 and 2: one
+         * warpgroup's softmax runs under the other's GEMMs), each keeping the intra-warpgroup
+         * pipeline of the lockstep kernel (S_n and P_{n-1} V_{n-1} in flight together).
+         * Registers: 168 a thread at launch; the producers give theirs up (40), the consumers
+         * take 232. Copies zero rows past the sequence, as the other kernels' do. */
+        const uint32_t sBar = sV + 2 * TILE; /* q_full, k_full[2], v_full[2], k_empty[2], v_empty[2] */
+        const uint32_t q_full = sBar, k_full = sBar + 8, v_full = sBar + 24, k_empty = sBar + 40, v_empty = sBar + 56;
+        const int nblocks = si < s_end ? rl.nb_hi - rl.nb_lo + 1 : 0, nb0 = rl.nb_lo;
+        if (threadIdx.x == 0) {
+            mbar_init(q_full, WS_PRODUCERS);
+            for (int i = 0; i < 2; i++) {
+                mbar_init(k_full + 8 * i, WS_PRODUCERS);
+                mbar_init(v_full + 8 * i, WS_PRODUCERS);
+                mbar_init(k_empty + 8 * i, NW);
+                mbar_init(v_empty + 8 * i, NW);
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x >= NW * 32) { /* the producers */
+            setmaxnreg_dec<40>();
+            const int pt = (int)threadIdx.x - NW * 32;
+            auto load = [&](uint32_t dst, bool v, int c0) {
+                const T *base = v ? Vg : Kg;
+                const int64_t st = v ? f.v_st : f.k_st;
+                load_tile<T, DP, BN, WS_PRODUCERS, WG>(dst, base + (int64_t)c0 * st, st, (int)Lk - c0, v ? dv : dq,
+                                                       (const T *)(v ? f.v : f.k), pt);
+            };
+            load_tile<T, DP, BM, WS_PRODUCERS, WG>(sQ, Qg, f.q_st, rows, dq, (const T *)f.q, pt);
+            cp_async_mbar_arrive(q_full);
+            for (int n = 0; n < nblocks; n++) {
+                const int stg = n & 1;
+                const uint32_t ph = (uint32_t)((n >> 1) + 1) & 1u; /* use n / 2 - 1 of the stage was released */
+                if (n >= 2) mbar_wait(k_empty + 8 * stg, ph);
+                load(sK + stg * TILE, false, (nb0 + n) * BN);
+                cp_async_mbar_arrive(k_full + 8 * stg);
+                if (n >= 2) mbar_wait(v_empty + 8 * stg, ph);
+                load(sV + stg * TILE, true, (nb0 + n) * BN);
+                cp_async_mbar_arrive(v_full + 8 * stg);
+            }
+            cp_async_wait_all(); /* copies must not outlive the thread */
+            return;
+        }
+        setmaxnreg_inc<232>();
+        const int wg = warp / 4;
+        const uint32_t qrow = sQ + (uint32_t)wg * 64u * 128u;
+        float(&oacc)[DT * 4] = *reinterpret_cast<float(*)[DT * 4]>(&o[0][0][0]);
+        uint32_t pa[SUB / 16][4];
+        auto issue_pv = [&](uint32_t sVb) {
+#pragma unroll
+            for (int kc = 0; kc < SUB / 16; kc++)
+                wg_rs<DP, T>(oacc, pa[kc], wgmma_desc(sVb + (uint32_t)(kc * 16) * 128u, (uint32_t)BN * 128u, 1024));
+        };
+        /* turns: warpgroup w issues after bar.sync on barrier 1 + w; the other arrives there when it
+         * has issued. Warpgroup 0 goes first; every sync meets exactly one arrive (warpgroup 1 skips
+         * its arrive after its last turn, warpgroup 0 makes one before warpgroup 1's last turn). */
+        if (nblocks > 0) {
+            mbar_wait(q_full, 0);
+            if (wg == 1) named_bar_arrive(1, 2 * 128);
+        }
+        for (int n = 0; n < nblocks; n++) {
+            const int stg = n & 1, c0 = (nb0 + n) * BN;
+            const uint32_t ph = (uint32_t)(n >> 1) & 1u;
+            mbar_wait(k_full + 8 * stg, ph);
+            if (n > 0) mbar_wait(v_full + 8 * (stg ^ 1), (uint32_t)((n - 1) >> 1) & 1u);
+            fence_proxy_async(); /* the copies are read by the tensor cores' proxy */
+            float s[MT][NT][4];
+            float(&sacc)[NT * 4] = *reinterpret_cast<float(*)[NT * 4]>(&s[0][0][0]);
+#pragma unroll
+            for (int i = 0; i < NT * 4; i++) sacc[i] = 0.0f;
+            named_bar_sync(1 + wg, 2 * 128);
+            wgmma_fence_regs(sacc);
+            wgmma_fence();
+#pragma unroll
+            for (int kc = 0; kc < DP / 16; kc++) {
+                if (kc * 2 >= dq) break;
+                const uint32_t kstep = (uint32_t)(kc % 4) * 32u, panel = (uint32_t)(kc / 4) * 128u;
+                wg_ss<SUB, T>(sacc, wgmma_desc(qrow + panel * BM + kstep, 16, 1024),
+                              wgmma_desc(sK + stg * TILE + panel * BN + kstep, 16, 1024), kc > 0);
+            }
+            wgmma_commit();
+            if (n > 0) issue_pv(sV + (stg ^ 1) * TILE);
+            wgmma_commit();
+            named_bar_arrive(2 - wg, 2 * 128); /* the other warpgroup's turn */
+            wgmma_wait<1>(); /* S_n done: K_n is free */
+            wgmma_fence_regs(sacc);
+            if (lane == 0) mbar_arrive(k_empty + 8 * stg);
+            score_rules(s, c0);
+            float corr[MT][2];
+            softmax(s, corr);
+            wgmma_wait<0>(); /* P_{n-1} V_{n-1} done: V_{n-1} is free */
+            wgmma_fence_regs(oacc);
+            if (n > 0 && lane == 0) mbar_arrive(v_empty + 8 * (stg ^ 1));
+            rescale_o(corr);
+#pragma unroll
+            for (int kc = 0; kc < SUB / 16; kc++) {
+                pa[kc][0] = pack2(s[0][2 * kc][0], s[0][2 * kc][1], T());
+                pa[kc][1] = pack2(s[0][2 * kc][2], s[0][2 * kc][3], T());
+                pa[kc][2] = pack2(s[0][2 * kc + 1][0], s[0][2 * kc + 1][1], T());
+                pa[kc][3] = pack2(s[0][2 * kc + 1][2], s[0][2 * kc + 1][3], T());
+            }
+        }
+        if (nblocks > 0) { /* the last block's P V */
+            const int stg = (nblocks - 1) & 1;
+            mbar_wait(v_full + 8 * stg, (uint32_t)((nblocks - 1) >> 1) & 1u);
+            fence_proxy_async();
+            named_bar_sync(1 + wg, 2 * 128);
+            wgmma_fence();
+            issue_pv(sV + stg * TILE);
+            wgmma_commit();
+            if (wg == 0) named_bar_arrive(2, 2 * 128);
+            wgmma_wait<0>();
+            wgmma_fence_regs(oacc);
+        }
+    } else if constexpr (WG) {
         /* wgmma: software-pipelined per warpgroup (FlashAttention-3's intra-warpgroup overlap):
          * in iteration nb, S_nb = Q K_nb^T and O += P_{nb-1} V_{nb-1} are issued back to back;
          * the softmax of S_nb runs while the tensor cores still compute P V. Copies: K_{nb+1}
@@ -771,16 +903,16 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         }
 }
 
-template <typename T, int DP, bool WG, bool GENERAL>
+template <typename T, int DP, bool WG, bool GENERAL, bool WS = false>
 static enum cflash_status launch1(const struct cuda_fwd *f) {
-    constexpr int BM = 16 * fwd_tile<DP, WG>::MT * fwd_tile<DP, WG>::NW;
-    constexpr int bytes = fwd_smem_bytes<DP, WG, GENERAL>();
+    constexpr int BM = 16 * fwd_tile<DP, WG, WS>::MT * fwd_tile<DP, WG, WS>::NW;
+    constexpr int bytes = fwd_smem_bytes<DP, WG, GENERAL, WS>();
     const int64_t rows = f->cu_q || f->seq_table ? f->max_seqlen_q : f->Lq;
     if (rows <= 0 || f->B <= 0) return CFLASH_STATUS_OK;
     const dim3 grid((unsigned)((rows + BM - 1) / BM), (unsigned)f->Hq, (unsigned)f->B);
-    cudaError_t err = cudaFuncSetAttribute(fwd_mma_kernel<T, DP, WG, GENERAL>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    cudaError_t err = cudaFuncSetAttribute(fwd_mma_kernel<T, DP, WG, GENERAL, WS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err == cudaSuccess) {
-        fwd_mma_kernel<T, DP, WG, GENERAL><<<grid, fwd_tile<DP, WG>::NW * 32, bytes, (cudaStream_t)f->stream>>>(*f);
+        fwd_mma_kernel<T, DP, WG, GENERAL, WS><<<grid, fwd_threads<DP, WG, WS>(), bytes, (cudaStream_t)f->stream>>>(*f);
         err = cudaGetLastError();
     }
     if (err != cudaSuccess)
@@ -788,10 +920,24 @@ static enum cflash_status launch1(const struct cuda_fwd *f) {
     return CFLASH_STATUS_OK;
 }
 
+/* Plain calls on the wgmma engine take the warp-specialized kernel (WS), but at D = 64 full
+ * attention over <= 1024 query rows, where the lockstep kernel's two blocks a SM win (H100:
+ * 0.88-0.90x for WS at L = 512-1024, 1.00-1.03x from 2048; causal 1.02-1.10x at every L).
+ * CFLASH_CUDA_WS=0 takes the lockstep kernel everywhere (an A/B switch, and the tests' third pass). */
+static bool ws_pick(const struct cuda_fwd *f, int dp) {
+    const char *e = getenv("CFLASH_CUDA_WS");
+    if (e && e[0] == '0' && e[1] == '\0') return false;
+    const int64_t rows = f->cu_q || f->seq_table ? f->max_seqlen_q : f->Lq;
+    return dp != 64 || f->r.causal || rows > 1024;
+}
+
 template <typename T, int DP, bool WG>
 static enum cflash_status launch(const struct cuda_fwd *f) {
     const bool general = f->slices || f->mask.data || f->bias.data || f->seqlens_k || f->seq_table;
-    return general ? launch1<T, DP, WG, true>(f) : launch1<T, DP, WG, false>(f);
+    if (general) return launch1<T, DP, WG, true>(f);
+    if constexpr (WG)
+        if (ws_pick(f, DP)) return launch1<T, DP, WG, false, true>(f);
+    return launch1<T, DP, WG, false>(f);
 }
 
 /* sm_90a code is in this build (CMake defines CFLASH_CUDA_SM90A when the architectures list 90a) */

@@ -90,4 +90,48 @@ static __device__ __forceinline__ uint32_t swz_addr(uint32_t base, int row, int 
     return base + 2u * (uint32_t)swz<DP>(row, chunk);
 }
 
+/* ---- Hopper (sm_90a) synchronization for warp-specialized kernels: mbarriers in shared memory
+ * (a phase completes when its expected arrivals have arrived; waiters test a phase's parity),
+ * cp.async completion as an mbarrier arrival, named barriers (ids 1-15; 0 is __syncthreads), and
+ * the per-warpgroup register budget (setmaxnreg). Stubs elsewhere: only sm_90a kernels use them. */
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+static __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+static __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+/* wait until the phase of parity `parity` has completed */
+static __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile("{\n.reg .pred done;\nwait_%=:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra wait_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+/* one of the expected arrivals, made when this thread's cp.async copies so far have landed */
+static __device__ __forceinline__ void cp_async_mbar_arrive(uint32_t bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+static __device__ __forceinline__ void named_bar_sync(int id, int threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+static __device__ __forceinline__ void named_bar_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+template <int N>
+static __device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N>
+static __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
+#else
+static __device__ __forceinline__ void mbar_init(uint32_t, int) {}
+static __device__ __forceinline__ void mbar_arrive(uint32_t) {}
+static __device__ __forceinline__ void mbar_wait(uint32_t, uint32_t) {}
+static __device__ __forceinline__ void cp_async_mbar_arrive(uint32_t) {}
+static __device__ __forceinline__ void named_bar_sync(int, int) {}
+static __device__ __forceinline__ void named_bar_arrive(int, int) {}
+template <int N>
+static __device__ __forceinline__ void setmaxnreg_inc() {}
+template <int N>
+static __device__ __forceinline__ void setmaxnreg_dec() {}
+#endif
+
 #endif
