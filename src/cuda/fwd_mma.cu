@@ -8,12 +8,15 @@
  *     the next K's copy with P V.
  *   wgmma (sm_90a, compute capability 9.0): two warpgroups of 64 rows, S and O as wgmma
  *     accumulators, P from registers, FlashAttention-3's intra-warpgroup pipelining (S_n and
- *     P_{n-1} V_{n-1} in flight together). Tiles in the tensor cores' 128-byte swizzle.
+ *     P_{n-1} V_{n-1} in flight together). Tiles in the tensor cores' 128-byte swizzle. Plain
+ *     calls run it warp-specialized (WS): a producer warpgroup copies behind mbarriers and the
+ *     two consumer warpgroups take turns at the tensor cores; masks, biases, plans and caches
+ *     (GENERAL) run it in lockstep (all threads copy, one __syncthreads per key block).
  * Both walk the same visibility rules: one per dense / packed sequence, or a range plan's
  * slices (GENERAL kernels, with masks and biases). docs/kernels.md has the tables and reasons.
  *
  * What it is not: the decode kernel (decode.cu: one query row per sequence wastes 15 of 16 mma
- * rows), nor FA3's producer warp with TMA and ping-pong warpgroups (not yet).
+ * rows), nor a TMA kernel (the producer issues cp.async; no tensor maps).
  *
  * Numerics: fp16/bf16 inputs, fp32 accumulation, softmax in base 2 (scores pre-multiplied by
  * scale * log2(e)); P is rounded to the input type before P V, as in FlashAttention.
