@@ -3,10 +3,12 @@
 # it from the repository root; about 30 minutes of GPU time per session, so one call does all):
 #   1. build with the CUDA backend for the GPU at hand (sm_90 on an H100/H200),
 #   2. the C test group `cuda` (every GPU case against the CPU fp64 reference kernel),
-#   3. compute-sanitizer memcheck and racecheck over a representative subset,
-#   4. pytest on the GPU (when the Python package is built with CUDA; skipped with the reason
-#      otherwise), then the GPU benchmarks (bench/bench_gpu.py, bench_gpu_decode.py, bench_gpu_mla.py)
-#      unless --no-bench,
+#   3. pytest on the GPU (when the Python package is built with CUDA; skipped with the reason
+#      otherwise),
+#   4. compute-sanitizer memcheck and racecheck over a representative subset (the slowest step:
+#      an H200 needed most of a 600 s device call for the whole script without --quick),
+#   5. the GPU benchmarks (bench/bench_gpu.py, bench_gpu_decode.py, bench_gpu_mla.py) unless
+#      --no-bench,
 # and prints a short table last. Exit status: non-zero if any check failed.
 #
 # Options: --quick (skip the sanitizers), --no-bench, --bench-only, --prefill-only (no decode
@@ -29,7 +31,12 @@ while [ $# -gt 0 ]; do
 done
 declare -a SUMMARY
 status=0
-note() { SUMMARY+=("$(printf '%-28s %s' "$1" "$2")"); }
+# each result is printed when it is known too: a run the device tool's time limit cuts off still
+# shows which checks passed
+note() {
+    SUMMARY+=("$(printf '%-28s %s' "$1" "$2")")
+    printf '[gpu_check] %-28s %s\n' "$1" "$2"
+}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 t0=$(date +%s)
@@ -59,24 +66,6 @@ if [ "$TESTS" = 1 ]; then
     echo "$out" | grep -E "^FAIL|failed" | head -30
     note "C tests ($FILTER)" "$(echo "$out" | tail -1) rc=$rc"
     [ $rc = 0 ] || status=1
-    if [ "$QUICK" = 0 ] && command -v compute-sanitizer > /dev/null; then
-        for tool in memcheck racecheck; do
-            # a representative subset: each padded head dim, causal both ways, varlen with empty
-            # sequences, the feature cases of one dtype
-            out=$(compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/tests/cflash_tests" \
-                  -k "^cuda/auto/f16/D=64/Hq=4,Hk=2/Lq=130" -k "^cuda/auto/f16/D=256/Hq=4,Hk=2/Lq=130" \
-                  -k "^cuda/auto/bf16/D=136/" -k "^cuda/auto/bf16/D=128/Hq=4,Hk=2/B=4/Lq=[0," \
-                  -k "^cuda/auto/f16/D=128/Hq=4,Hk=2/Lq=200,Lk=300/" -k "^cuda/mma/auto/bf16/D=96/" \
-                  -k "^cuda/lockstep/auto/bf16/D=128/Hq=4,Hk=2/B=4/Lq=[0," \
-                  -k "^cuda/kvcache/bf16/D=128/Hq=32,Hk=8/B=3,Lq=4,new=3" -k "^cuda/kvcache/bf16/D=128/Hq=32,Hk=8/B=1" \
-                  -k "^cuda/kvcache/f16/D=40" -k "^cuda/kvcache/f16/D=136" -k "^cuda/kvcache/bf16/D=128/Hq=8,Hk=1" \
-                  -k "^cuda/merge/bf16/rank=4" 2>&1)
-            rc=$?
-            echo "$out" | grep -E "ERROR|error|Invalid|Race|no case" | head -10
-            note "sanitizer $tool" "$(echo "$out" | grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' | tail -1) rc=$rc"
-            [ $rc = 0 ] || status=1
-        done
-    fi
 fi
 
 if [ "$PYEXT" = ON ]; then
@@ -100,6 +89,28 @@ if [ "$PYEXT" = ON ]; then
     fi
 else
     note "pytest (GPU machine)" "skipped: no Python headers for the extension"
+fi
+
+# the sanitizers after the tests: the slowest step
+if [ "$TESTS" = 1 ]; then
+    if [ "$QUICK" = 0 ] && command -v compute-sanitizer > /dev/null; then
+        for tool in memcheck racecheck; do
+            # a representative subset: each padded head dim, causal both ways, varlen with empty
+            # sequences, the feature cases of one dtype
+            out=$(compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/tests/cflash_tests" \
+                  -k "^cuda/auto/f16/D=64/Hq=4,Hk=2/Lq=130" -k "^cuda/auto/f16/D=256/Hq=4,Hk=2/Lq=130" \
+                  -k "^cuda/auto/bf16/D=136/" -k "^cuda/auto/bf16/D=128/Hq=4,Hk=2/B=4/Lq=[0," \
+                  -k "^cuda/auto/f16/D=128/Hq=4,Hk=2/Lq=200,Lk=300/" -k "^cuda/mma/auto/bf16/D=96/" \
+                  -k "^cuda/lockstep/auto/bf16/D=128/Hq=4,Hk=2/B=4/Lq=[0," \
+                  -k "^cuda/kvcache/bf16/D=128/Hq=32,Hk=8/B=3,Lq=4,new=3" -k "^cuda/kvcache/bf16/D=128/Hq=32,Hk=8/B=1" \
+                  -k "^cuda/kvcache/f16/D=40" -k "^cuda/kvcache/f16/D=136" -k "^cuda/kvcache/bf16/D=128/Hq=8,Hk=1" \
+                  -k "^cuda/merge/bf16/rank=4" 2>&1)
+            rc=$?
+            echo "$out" | grep -E "ERROR|error|Invalid|Race|no case" | head -10
+            note "sanitizer $tool" "$(echo "$out" | grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' | tail -1) rc=$rc"
+            [ $rc = 0 ] || status=1
+        done
+    fi
 fi
 
 if [ "$BENCH" = 1 ] && [ "$PYEXT" = ON ]; then
