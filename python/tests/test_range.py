@@ -74,6 +74,21 @@ def test_document_mask_plan_runs_packed(rng, qr, kr, types, packed):
                                                      rnd=rnd), "float32")
 
 
+def test_document_mask_plan_equals_varlen(rng):
+    """A document-mask plan runs as the packed batch it describes: its output and LSE are the
+    varlen call's on the same cu_seqlens, bit for bit (one code path)."""
+    lens = [5, 9, 1, 5]
+    cu = np.cumsum([0] + lens).astype(np.int32)
+    T = int(cu[-1])
+    ranges = [[int(a), int(b)] for a, b in zip(cu[:-1], cu[1:])]
+    plan = cflash.RangePlan(ranges, ranges, T, T, attn_type_map=["causal"] * len(lens))
+    assert plan.packed_sequences == len(lens)
+    q, k, v = (make(randn(rng, (T, h, 16), "bfloat16"), "torch", "bfloat16") for h in (4, 2, 2))
+    out_p, lse_p = cflash.attn_range(q, k, v, plan, return_lse=True)
+    out_v, lse_v = cflash.attn_varlen(q, k, v, cu, cu, max(lens), max(lens), causal=True, return_lse=True)
+    assert np.array_equal(to_np(out_p), to_np(out_v)) and np.array_equal(to_np(lse_p), to_np(lse_v))
+
+
 def test_plan_reused_across_heads_dtypes_and_options(rng, plan):
     torch = require("torch")
     for hq, hk, d, dtype in ((4, 4, 8, "float32"), (6, 2, 32, "bfloat16"), (1, 1, 5, "float16")):
