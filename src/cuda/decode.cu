@@ -43,6 +43,17 @@
 extern "C" enum cflash_status cflash_set_error(enum cflash_status st, const char *fmt, ...);
 extern "C" const char *api_dtype_name(enum cflash_dtype t);
 
+/* Compiled in parts, so that a build compiles the kernels in parallel (as FlashAttention splits
+ * its instantiations by head dim): decode_d64.cu, decode_d128.cu and decode_d256.cu include this
+ * file with CFLASH_DECODE_PART set to their head dim and define cuda_decode_launch_d<dim>; this
+ * file itself (part 0) holds the MLA kernel and the entry points. */
+#ifndef CFLASH_DECODE_PART
+#define CFLASH_DECODE_PART 0
+#endif
+enum cflash_status cuda_decode_launch_d64(const struct cuda_kvcache *f);
+enum cflash_status cuda_decode_launch_d128(const struct cuda_kvcache *f);
+enum cflash_status cuda_decode_launch_d256(const struct cuda_kvcache *f);
+
 namespace {
 
 constexpr float LOG2E_F = 1.4426950408889634f;
@@ -1164,6 +1175,14 @@ enum cflash_status launch_mla(const cuda_kvcache *f) {
 
 } /* namespace */
 
+#if CFLASH_DECODE_PART != 0
+#define CFLASH_DECODE_FN_(d) cuda_decode_launch_d##d
+#define CFLASH_DECODE_FN(d) CFLASH_DECODE_FN_(d)
+enum cflash_status CFLASH_DECODE_FN(CFLASH_DECODE_PART)(const struct cuda_kvcache *f) {
+    return f->dtype == CFLASH_DTYPE_BF16 ? launch_decode<__nv_bfloat16, CFLASH_DECODE_PART>(f)
+                                         : launch_decode<__half, CFLASH_DECODE_PART>(f);
+}
+#else
 extern "C" enum cflash_status cuda_kvcache_select(const struct cuda_kvcache *f, enum cuda_fwd_config *config) {
     const struct cuda_rows rows[3] = {{f->q, f->q_sb, f->q_st, f->q_sh, "q"},
                                       {f->k_cache, f->kc_sb, f->kc_st, f->kc_sh, "k_cache"},
@@ -1273,11 +1292,12 @@ extern "C" enum cflash_status cuda_kvcache_launch(const struct cuda_kvcache *f, 
         return st;
     }
     switch (config) {
-    case CUDA_FWD_D64: st = bf ? launch_decode<__nv_bfloat16, 64>(f) : launch_decode<__half, 64>(f); break;
-    case CUDA_FWD_D128: st = bf ? launch_decode<__nv_bfloat16, 128>(f) : launch_decode<__half, 128>(f); break;
-    case CUDA_FWD_D256: st = bf ? launch_decode<__nv_bfloat16, 256>(f) : launch_decode<__half, 256>(f); break;
+    case CUDA_FWD_D64: st = cuda_decode_launch_d64(f); break;
+    case CUDA_FWD_D128: st = cuda_decode_launch_d128(f); break;
+    case CUDA_FWD_D256: st = cuda_decode_launch_d256(f); break;
     default: st = cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: no CUDA decode kernel for this head dim");
     }
     cuda_device_leave(f->device_id, prev);
     return st;
 }
+#endif

@@ -35,6 +35,17 @@
 
 extern "C" enum cflash_status cflash_set_error(enum cflash_status st, const char *fmt, ...);
 
+/* Compiled in parts, so that a build compiles the kernels in parallel (as FlashAttention splits
+ * its instantiations by head dim): fwd_d64.cu, fwd_d128.cu and fwd_d256.cu include this file
+ * with CFLASH_FWD_PART set to their padded head dim and define cuda_fwd_launch_d<dim>; this file
+ * itself (part 0) holds the host entry points. */
+#ifndef CFLASH_FWD_PART
+#define CFLASH_FWD_PART 0
+#endif
+enum cflash_status cuda_fwd_launch_d64(const struct cuda_fwd *f, bool wg);
+enum cflash_status cuda_fwd_launch_d128(const struct cuda_fwd *f, bool wg);
+enum cflash_status cuda_fwd_launch_d256(const struct cuda_fwd *f, bool wg);
+
 #define LOG2E_F 1.4426950408889634f
 /* Double-buffered ldmatrix fragments (load the next before this one's mmas); 0 turns it off
  * (an experiment switch: it costs registers, which the D = 128 tile has none of to spare). */
@@ -943,6 +954,16 @@ static enum cflash_status launch(const struct cuda_fwd *f) {
     return launch1<T, DP, WG, false>(f);
 }
 
+#if CFLASH_FWD_PART != 0
+#define CFLASH_FWD_FN_(d) cuda_fwd_launch_d##d
+#define CFLASH_FWD_FN(d) CFLASH_FWD_FN_(d)
+enum cflash_status CFLASH_FWD_FN(CFLASH_FWD_PART)(const struct cuda_fwd *f, bool wg) {
+    constexpr int DP = CFLASH_FWD_PART;
+    const bool bf = f->dtype == CFLASH_DTYPE_BF16;
+    return wg ? (bf ? launch<__nv_bfloat16, DP, true>(f) : launch<__half, DP, true>(f))
+              : (bf ? launch<__nv_bfloat16, DP, false>(f) : launch<__half, DP, false>(f));
+}
+#else
 /* sm_90a code is in this build (CMake defines CFLASH_CUDA_SM90A when the architectures list 90a) */
 #ifdef CFLASH_CUDA_SM90A
 #define HAVE_SM90A 1
@@ -990,7 +1011,6 @@ extern "C" void cuda_device_leave(int32_t device, int prev) {
 }
 
 extern "C" enum cflash_status cuda_fwd_launch(const struct cuda_fwd *f, enum cuda_fwd_config config) {
-    const bool bf = f->dtype == CFLASH_DTYPE_BF16;
     if ((f->cu_q || f->seq_table ? f->max_seqlen_q : f->Lq) <= 0 || f->B <= 0) return CFLASH_STATUS_OK; /* nothing to do */
     int prev, major = 0, minor = 0;
     enum cflash_status st = cuda_device_enter("q", f->device_id, &prev);
@@ -1008,20 +1028,12 @@ extern "C" enum cflash_status cuda_fwd_launch(const struct cuda_fwd *f, enum cud
     }
     const bool wg = engine == CUDA_ENGINE_WGMMA;
     switch (config) {
-    case CUDA_FWD_D64:
-        st = wg ? (bf ? launch<__nv_bfloat16, 64, true>(f) : launch<__half, 64, true>(f))
-                : (bf ? launch<__nv_bfloat16, 64, false>(f) : launch<__half, 64, false>(f));
-        break;
-    case CUDA_FWD_D128:
-        st = wg ? (bf ? launch<__nv_bfloat16, 128, true>(f) : launch<__half, 128, true>(f))
-                : (bf ? launch<__nv_bfloat16, 128, false>(f) : launch<__half, 128, false>(f));
-        break;
-    case CUDA_FWD_D256:
-        st = wg ? (bf ? launch<__nv_bfloat16, 256, true>(f) : launch<__half, 256, true>(f))
-                : (bf ? launch<__nv_bfloat16, 256, false>(f) : launch<__half, 256, false>(f));
-        break;
+    case CUDA_FWD_D64: st = cuda_fwd_launch_d64(f, wg); break;
+    case CUDA_FWD_D128: st = cuda_fwd_launch_d128(f, wg); break;
+    case CUDA_FWD_D256: st = cuda_fwd_launch_d256(f, wg); break;
     default: st = cflash_set_error(CFLASH_STATUS_UNSUPPORTED, "q: no CUDA kernel for this head dim");
     }
     cuda_device_leave(f->device_id, prev);
     return st;
 }
+#endif
