@@ -28,6 +28,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <type_traits>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -95,10 +96,11 @@ __device__ __forceinline__ void load_tile(uint32_t s, const T *g, int64_t stride
 template <typename T, int DP, int ROWS, int THREADS, bool WG>
 __device__ __forceinline__ void load_tile_paged(uint32_t s, const T *g, int64_t page_stride, int64_t stride,
                                                 const int32_t *table, int64_t table_s, int page_size, int64_t pages,
-                                                int t0, int valid_rows, int chunks, const T *safe) {
+                                                int t0, int valid_rows, int chunks, const T *safe,
+                                                int tid = (int)threadIdx.x) {
     constexpr int CH = DP / 8, RSTEP = THREADS / CH, ITERS = ROWS * CH / THREADS;
-    static_assert(THREADS % CH == 0 && (ROWS * CH) % THREADS == 0 && RSTEP % 8 == 0, "tile and block do not divide");
-    const int c = threadIdx.x % CH, r0 = threadIdx.x / CH;
+    static_assert(THREADS % CH == 0 && (ROWS * CH) % THREADS == 0, "tile and block do not divide");
+    const int c = tid % CH, r0 = tid / CH;
     const bool chunk_ok = c < chunks;
 #pragma unroll
     for (int it = 0; it < ITERS; it++) {
@@ -193,7 +195,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     constexpr int BM = 16 * MT * NW, NT = SUB / 8, DT = DP / 8, THREADS = NW * 32;
     constexpr uint32_t TILE = 2u * BN * DP; /* bytes of one K or V tile */
     static_assert(!WG || (MT == 1 && SUB == BN && NW % 4 == 0), "wgmma: one m16 tile per warp, whole key tiles, warpgroups");
-    static_assert(!WS || (WG && !GENERAL && NW == 8 && tile::MINB == 1), "WS: the plain wgmma kernel, two consumer warpgroups");
+    static_assert(!WS || (WG && NW == 8 && tile::MINB == 1), "WS: the wgmma kernel, two consumer warpgroups");
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const uint32_t sQ = WG ? (smem_addr(smem_raw) + 1023u) & ~1023u : smem_addr(smem_raw);
     const uint32_t sK = sQ + 2u * BM * DP, sV = sK + 2 * TILE;
@@ -249,18 +251,23 @@ fwd_mma_kernel(const struct cuda_fwd f) {
     const T *Kg = (const T *)f.k + kvb * f.k_sb + korg * f.k_st + (int64_t)g * f.k_sh;
     const T *Vg = (const T *)f.v + kvb * f.v_sb + korg * f.v_st + (int64_t)g * f.v_sh;
     /* BN keys from key c0 on of K (or V) into the tile at dst: rows past the sequence zero */
-    auto load_kv = [&](uint32_t dst, bool v, int c0) {
+    /* (the WS producers: NTH = WS_PRODUCERS threads, tid their index among them) */
+    auto load_kv_by = [&](auto nth, uint32_t dst, bool v, int c0, int tid) {
+        constexpr int NTH = decltype(nth)::value;
         const T *base = v ? Vg : Kg, *safe = (const T *)(v ? f.v : f.k);
         const int64_t st = v ? f.v_st : f.k_st;
         const int chunks = v ? f.Dv / 8 : f.D / 8;
         if constexpr (GENERAL) {
             if (f.block_table) {
-                load_tile_paged<T, DP, BN, THREADS, WG>(dst, base, v ? f.v_sb : f.k_sb, st, f.block_table + (int64_t)b * f.bt_sb,
-                                                        f.bt_sp, f.page_size, f.kv_rows, c0, (int)Lk - c0, chunks, safe);
+                load_tile_paged<T, DP, BN, NTH, WG>(dst, base, v ? f.v_sb : f.k_sb, st, f.block_table + (int64_t)b * f.bt_sb,
+                                                    f.bt_sp, f.page_size, f.kv_rows, c0, (int)Lk - c0, chunks, safe, tid);
                 return;
             }
         }
-        load_tile<T, DP, BN, THREADS, WG>(dst, base + (int64_t)c0 * st, st, (int)Lk - c0, chunks, safe);
+        load_tile<T, DP, BN, NTH, WG>(dst, base + (int64_t)c0 * st, st, (int)Lk - c0, chunks, safe, tid);
+    };
+    auto load_kv = [&](uint32_t dst, bool v, int c0) {
+        load_kv_by(std::integral_constant<int, THREADS>(), dst, v, c0, (int)threadIdx.x);
     };
 
     /* The visibility rule in force (32-bit from here on: select.c caps the token counts at
@@ -352,8 +359,8 @@ fwd_mma_kernel(const struct cuda_fwd f) {
      * (140 against 426 TFLOP/s dense, 70 % of keys kept). */
     const bool stage = mask_or_bias && f.mask.sq == 0 && f.bias.sq == 0;
     const int jmax_k = (int)(lk < hint_k ? lk : hint_k) - 1; /* the last key inside the hints */
-    auto stage_load = [&](int c0) -> float { /* key c0 + threadIdx.x's term (threads < BN) */
-        const int j = c0 + (int)threadIdx.x;
+    auto stage_load = [&](int c0, int tid = (int)threadIdx.x) -> float { /* key c0 + tid's term (tid < BN) */
+        const int j = c0 + tid;
         if (j > jmax_k) return -INFINITY;
         float x = 0.0f;
         if (f.bias.data) {
@@ -574,10 +581,15 @@ fwd_mma_kernel(const struct cuda_fwd f) {
          * warpgroup's softmax runs under the other's GEMMs), each keeping the intra-warpgroup
          * pipeline of the lockstep kernel (S_n and P_{n-1} V_{n-1} in flight together).
          * Registers: 168 a thread at launch; the producers give theirs up (40), the consumers
-         * take 232. Copies zero rows past the sequence, as the other kernels' do. */
-        const uint32_t sBar = sV + 2 * TILE; /* q_full, k_full[2], v_full[2], k_empty[2], v_empty[2] */
-        const uint32_t q_full = sBar, k_full = sBar + 8, v_full = sBar + 24, k_empty = sBar + 40, v_empty = sBar + 56;
-        const int nblocks = si < s_end ? rl.nb_hi - rl.nb_lo + 1 : 0, nb0 = rl.nb_lo;
+         * take 232. Copies zero rows past the sequence, as the other kernels' do.
+         * GENERAL: both roles walk the same key blocks (a plan's slices one after another); the
+         * producers also stage the key-side terms (sX[stage], behind x_full: plain stores, so a
+         * plain mbarrier arrival orders them), and the consumers release a K stage only after
+         * the score rules have read its terms. */
+        const uint32_t sBar = sV + 2 * TILE + (GENERAL ? 2u * BN * 4u : 0u);
+        /* q_full, k_full[2], v_full[2], k_empty[2], v_empty[2], x_full[2] */
+        const uint32_t q_full = sBar, k_full = sBar + 8, v_full = sBar + 24, k_empty = sBar + 40, v_empty = sBar + 56,
+                       x_full = sBar + 72;
         if (threadIdx.x == 0) {
             mbar_init(q_full, WS_PRODUCERS);
             for (int i = 0; i < 2; i++) {
@@ -585,29 +597,33 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                 mbar_init(v_full + 8 * i, WS_PRODUCERS);
                 mbar_init(k_empty + 8 * i, NW);
                 mbar_init(v_empty + 8 * i, NW);
+                mbar_init(x_full + 8 * i, WS_PRODUCERS);
             }
         }
         __syncthreads();
         if (threadIdx.x >= NW * 32) { /* the producers */
             setmaxnreg_dec<40>();
             const int pt = (int)threadIdx.x - NW * 32;
-            auto load = [&](uint32_t dst, bool v, int c0) {
-                const T *base = v ? Vg : Kg;
-                const int64_t st = v ? f.v_st : f.k_st;
-                load_tile<T, DP, BN, WS_PRODUCERS, WG>(dst, base + (int64_t)c0 * st, st, (int)Lk - c0, v ? dv : dq,
-                                                       (const T *)(v ? f.v : f.k), pt);
-            };
             load_tile<T, DP, BM, WS_PRODUCERS, WG>(sQ, Qg, f.q_st, rows, dq, (const T *)f.q, pt);
             cp_async_mbar_arrive(q_full);
-            for (int n = 0; n < nblocks; n++) {
+            for (int n = 0; si < s_end; n++) {
                 const int stg = n & 1;
                 const uint32_t ph = (uint32_t)((n >> 1) + 1) & 1u; /* use n / 2 - 1 of the stage was released */
                 if (n >= 2) mbar_wait(k_empty + 8 * stg, ph);
-                load(sK + stg * TILE, false, (nb0 + n) * BN);
+                load_kv_by(std::integral_constant<int, WS_PRODUCERS>(), sK + stg * TILE, false, nb * BN, pt);
                 cp_async_mbar_arrive(k_full + 8 * stg);
+                if (stage) {
+                    if (pt < BN) sX[stg * BN + pt] = stage_load(nb * BN, pt);
+                    mbar_arrive(x_full + 8 * stg);
+                }
                 if (n >= 2) mbar_wait(v_empty + 8 * stg, ph);
-                load(sV + stg * TILE, true, (nb0 + n) * BN);
+                load_kv_by(std::integral_constant<int, WS_PRODUCERS>(), sV + stg * TILE, true, nb * BN, pt);
                 cp_async_mbar_arrive(v_full + 8 * stg);
+                int nsi, nnb;
+                next_block(si, rl, nb, &nsi, &nnb);
+                if (nsi != si && nsi < s_end) rl = make_rule(nsi);
+                si = nsi;
+                nb = nnb;
             }
             cp_async_wait_all(); /* copies must not outlive the thread */
             return;
@@ -625,15 +641,19 @@ fwd_mma_kernel(const struct cuda_fwd f) {
         /* turns: warpgroup w issues after bar.sync on barrier 1 + w; the other arrives there when it
          * has issued. Warpgroup 0 goes first; every sync meets exactly one arrive (warpgroup 1 skips
          * its arrive after its last turn, warpgroup 0 makes one before warpgroup 1's last turn). */
-        if (nblocks > 0) {
+        if (si < s_end) {
             mbar_wait(q_full, 0);
             if (wg == 1) named_bar_arrive(1, 2 * 128);
         }
-        for (int n = 0; n < nblocks; n++) {
-            const int stg = n & 1, c0 = (nb0 + n) * BN;
+        /* step: the blocks so far (score_rules reads the staged terms of sX[step & 1]) */
+        for (; si < s_end; step++) {
+            const int n = step, stg = n & 1, c0 = nb * BN;
             const uint32_t ph = (uint32_t)(n >> 1) & 1u;
+            int nsi, nnb;
+            next_block(si, rl, nb, &nsi, &nnb);
             mbar_wait(k_full + 8 * stg, ph);
             if (n > 0) mbar_wait(v_full + 8 * (stg ^ 1), (uint32_t)((n - 1) >> 1) & 1u);
+            if (stage) mbar_wait(x_full + 8 * stg, ph);
             fence_proxy_async(); /* the copies are read by the tensor cores' proxy */
             float s[MT][NT][4];
             float(&sacc)[NT * 4] = *reinterpret_cast<float(*)[NT * 4]>(&s[0][0][0]);
@@ -653,10 +673,11 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             if (n > 0) issue_pv(sV + (stg ^ 1) * TILE);
             wgmma_commit();
             named_bar_arrive(2 - wg, 2 * 128); /* the other warpgroup's turn */
-            wgmma_wait<1>(); /* S_n done: K_n is free */
+            wgmma_wait<1>(); /* S_n done: K_n is free (its staged terms once the rules read them) */
             wgmma_fence_regs(sacc);
-            if (lane == 0) mbar_arrive(k_empty + 8 * stg);
+            if (!stage && lane == 0) mbar_arrive(k_empty + 8 * stg);
             score_rules(s, c0);
+            if (stage && lane == 0) mbar_arrive(k_empty + 8 * stg);
             float corr[MT][2];
             softmax(s, corr);
             wgmma_wait<0>(); /* P_{n-1} V_{n-1} done: V_{n-1} is free */
@@ -670,10 +691,13 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                 pa[kc][2] = pack2(s[0][2 * kc + 1][0], s[0][2 * kc + 1][1], T());
                 pa[kc][3] = pack2(s[0][2 * kc + 1][2], s[0][2 * kc + 1][3], T());
             }
+            if (nsi != si && nsi < s_end) rl = make_rule(nsi);
+            si = nsi;
+            nb = nnb;
         }
-        if (nblocks > 0) { /* the last block's P V */
-            const int stg = (nblocks - 1) & 1;
-            mbar_wait(v_full + 8 * stg, (uint32_t)((nblocks - 1) >> 1) & 1u);
+        if (step > 0) { /* the last block's P V */
+            const int stg = (step - 1) & 1;
+            mbar_wait(v_full + 8 * stg, (uint32_t)((step - 1) >> 1) & 1u);
             fence_proxy_async();
             named_bar_sync(1 + wg, 2 * 128);
             wgmma_fence();
@@ -948,10 +972,9 @@ static bool ws_pick(const struct cuda_fwd *f, int dp) {
 template <typename T, int DP, bool WG>
 static enum cflash_status launch(const struct cuda_fwd *f) {
     const bool general = f->slices || f->mask.data || f->bias.data || f->seqlens_k || f->seq_table;
-    if (general) return launch1<T, DP, WG, true>(f);
     if constexpr (WG)
-        if (ws_pick(f, DP)) return launch1<T, DP, WG, false, true>(f);
-    return launch1<T, DP, WG, false>(f);
+        if (ws_pick(f, DP)) return general ? launch1<T, DP, WG, true, true>(f) : launch1<T, DP, WG, false, true>(f);
+    return general ? launch1<T, DP, WG, true>(f) : launch1<T, DP, WG, false>(f);
 }
 
 #if CFLASH_FWD_PART != 0
