@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #ifdef CFLASH_HAVE_CUDA
+#include "cuda/cuda.h"
 #include <cuda_runtime_api.h>
 #endif
 
@@ -301,6 +302,36 @@ static void no_device(const void *arg)
 #endif
 }
 
+/* The wgmma engine's schedule (select.c, a pure host function, so it runs without a GPU):
+ * warp-specialized but at D = 64 full attention over <= 1024 rows; CFLASH_CUDA_WS=0 forces the
+ * lockstep kernel. */
+static void ws_select(const void *arg)
+{
+    (void)arg;
+#ifdef CFLASH_HAVE_CUDA
+    static const struct { enum cuda_fwd_config config; int causal; int64_t rows; int want; } cases[] = {
+        {CUDA_FWD_D64, 0, 512, 0},   {CUDA_FWD_D64, 0, 1024, 0},  {CUDA_FWD_D64, 0, 1025, 1},
+        {CUDA_FWD_D64, 1, 512, 1},   {CUDA_FWD_D128, 0, 1, 1},    {CUDA_FWD_D128, 1, 16384, 1},
+        {CUDA_FWD_D256, 0, 512, 1},  {CUDA_FWD_D256, 1, 100, 1},
+    };
+    unsetenv("CFLASH_CUDA_WS");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const int got = cuda_fwd_ws_select(cases[i].config, cases[i].causal, cases[i].rows);
+        CHECK(got == cases[i].want, "case %zu (config %d, causal %d, rows %lld): %d, want %d", i, (int)cases[i].config,
+              cases[i].causal, (long long)cases[i].rows, got, cases[i].want);
+    }
+    setenv("CFLASH_CUDA_WS", "0", 1);
+    const int forced = cuda_fwd_ws_select(CUDA_FWD_D128, 1, 16384);
+    setenv("CFLASH_CUDA_WS", "1", 1);
+    const int on = cuda_fwd_ws_select(CUDA_FWD_D128, 1, 16384);
+    unsetenv("CFLASH_CUDA_WS");
+    CHECK(forced == 0, "CFLASH_CUDA_WS=0 still picks the warp-specialized kernel");
+    CHECK(on == 1, "CFLASH_CUDA_WS=1 does not pick the warp-specialized kernel");
+#else
+    tskip("this build has no CUDA backend");
+#endif
+}
+
 void register_cuda_tests(void)
 {
     add_grid();
@@ -314,6 +345,7 @@ void register_cuda_tests(void)
         tcase_add(name, misuse_dense, &i, sizeof i);
     }
     tcase_add("cuda/no_device", no_device, NULL, 0);
+    tcase_add("cuda/select/ws", ws_select, NULL, 0);
     static const char *entry_names[4] = {"merge", "kvcache", "mlm", "varlen_host_cu_seqlens"};
     for (int i = 0; i < 4; i++) {
         char name[96];

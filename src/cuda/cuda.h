@@ -115,6 +115,13 @@ enum cuda_fwd_engine { CUDA_ENGINE_MMA = 0, CUDA_ENGINE_WGMMA = 1 };
 enum cflash_status cuda_fwd_engine_select(enum cuda_fwd_config config, int cc_major, int cc_minor, int have_sm90a,
                                           enum cuda_fwd_engine *engine);
 
+/* Which schedule the wgmma engine runs (select.c): 1 the warp-specialized kernel (a producer
+ * warpgroup, two consumer warpgroups taking turns), 0 the lockstep one. Warp-specialized but at
+ * D = 64 full attention over <= 1024 query rows (`rows`: the longest sequence's), where the
+ * lockstep kernel's two blocks a SM win. CFLASH_CUDA_WS=0 takes the lockstep kernel for every
+ * call (an A/B switch, and the tests' third pass). */
+int cuda_fwd_ws_select(enum cuda_fwd_config config, int causal, int64_t rows);
+
 /* The rules every CUDA kernel shares (select.c): fp16 / bf16 inputs, head dims multiples of 8 up
  * to 256 (*dmax: the larger of D and Dv), 16-byte aligned rows of the three inputs (named in the
  * message), out written in pairs of elements. */

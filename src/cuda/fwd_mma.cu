@@ -1000,15 +1000,10 @@ static enum cflash_status launch1(const struct cuda_fwd *f) {
     return CFLASH_STATUS_OK;
 }
 
-/* Plain calls on the wgmma engine take the warp-specialized kernel (WS), but at D = 64 full
- * attention over <= 1024 query rows, where the lockstep kernel's two blocks a SM win (H100:
- * 0.88-0.90x for WS at L = 512-1024, 1.00-1.03x from 2048; causal 1.02-1.10x at every L).
- * CFLASH_CUDA_WS=0 takes the lockstep kernel everywhere (an A/B switch, and the tests' third pass). */
+/* the wgmma engine's schedule: select.c (cuda_fwd_ws_select) */
 static bool ws_pick(const struct cuda_fwd *f, int dp) {
-    const char *e = getenv("CFLASH_CUDA_WS");
-    if (e && e[0] == '0' && e[1] == '\0') return false;
     const int64_t rows = f->cu_q || f->seq_table ? f->max_seqlen_q : f->Lq;
-    return dp != 64 || f->r.causal || rows > 1024;
+    return cuda_fwd_ws_select(dp == 64 ? CUDA_FWD_D64 : dp == 128 ? CUDA_FWD_D128 : CUDA_FWD_D256, f->r.causal, rows) != 0;
 }
 
 template <typename T, int DP, bool WG>
