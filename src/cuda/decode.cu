@@ -1059,10 +1059,11 @@ cudaError_t kernel_slots(kv_kernel kernel, int threads, int bytes, int64_t *slot
 
 /* One attention call over a cache with `kernel` (`threads` a block, `bytes` of shared memory, `bn`
  * keys a stage, pl.row_tiles / row_groups set): the split count, the workspace, then the append,
- * the kernel and the combine on f->stream. */
+ * the kernel and the combine on f->stream. `known_slots`: the kernel's kernel_slots when the
+ * caller already asked (its shared-memory limit is then set), else 0. */
 template <typename T>
 enum cflash_status launch_kv(const cuda_kvcache *f, kv_kernel kernel, int threads, int bytes, int bn, int min_split_blocks,
-                             decode_plan pl) {
+                             decode_plan pl, int64_t known_slots = 0) {
     const cudaStream_t stream = (cudaStream_t)f->stream;
     pl.ws_o = pl.ws_lse = NULL;
     pl.splits = 1;
@@ -1070,8 +1071,8 @@ enum cflash_status launch_kv(const cuda_kvcache *f, kv_kernel kernel, int thread
     /* everything that can fail before anything is written: attributes, occupancy, workspace */
     cudaError_t err = cudaSuccess;
     if (f->Lq > 0) {
-        int64_t slots = 0;
-        err = kernel_slots(kernel, threads, bytes, &slots);
+        int64_t slots = known_slots;
+        if (slots <= 0) err = kernel_slots(kernel, threads, bytes, &slots);
         if (err != cudaSuccess) return device_error("setup of the decode kernel", err);
         const int forced = decode_forced_splits();
         const int64_t blocks = (int64_t)f->B * f->Hk * pl.row_tiles;
@@ -1141,8 +1142,8 @@ enum cflash_status launch_decode(const cuda_kvcache *f) {
             if (err != cudaSuccess) return device_error("setup of the decode kernel", err);
             if (blocks * 5 < slots_small * 4 || decode_forced_splits() ||
                 wave_efficiency(blocks, slots_small) >= wave_efficiency(blocks, slots_big))
-                return launch_kv<T>(f, small, DEC_THREADS, small_bytes, DEC_BN, MIN_SPLIT_BLOCKS, pl);
-            return launch_kv<T>(f, big, DEC_THREADS, big_bytes, DEC_BN, MIN_SPLIT_BLOCKS, pl);
+                return launch_kv<T>(f, small, DEC_THREADS, small_bytes, DEC_BN, MIN_SPLIT_BLOCKS, pl, slots_small);
+            return launch_kv<T>(f, big, DEC_THREADS, big_bytes, DEC_BN, MIN_SPLIT_BLOCKS, pl, slots_big);
         }
     }
     if (pl.row_groups == 1)
