@@ -637,7 +637,9 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             for (int i = 0; i < 2; i++) {
                 mbar_init(k_full + 8 * i, WS_PRODUCERS);
                 mbar_init(v_full + 8 * i, WS_PRODUCERS);
-                mbar_init(k_empty + 8 * i, NW);
+                /* staged key-side terms: every consumer thread releases the stage after reading
+                 * them (racecheck sees a warp's single arrival as a WAR hazard on sX) */
+                mbar_init(k_empty + 8 * i, stage ? NW * 32 : NW);
                 mbar_init(v_empty + 8 * i, NW);
                 mbar_init(x_full + 8 * i, WS_PRODUCERS);
             }
@@ -719,7 +721,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
             wgmma_fence_regs(sacc);
             if (!stage && lane == 0) mbar_arrive(k_empty + 8 * stg);
             score_rules(s, c0);
-            if (stage && lane == 0) mbar_arrive(k_empty + 8 * stg);
+            if (stage) mbar_arrive(k_empty + 8 * stg); /* each thread after its own reads of sX */
             float corr[MT][2];
             softmax(s, corr);
             wgmma_wait<0>(); /* P_{n-1} V_{n-1} done: V_{n-1} is free */
