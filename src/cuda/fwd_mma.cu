@@ -118,26 +118,6 @@ __device__ __forceinline__ void load_tile_paged(uint32_t s, const T *g, int64_t 
     }
 }
 
-/* 2^x on the FMA and integer pipes, for part of a softcapped block's exponentials. Softcap
- * spends two MUFU operations per score (tanh, then exp2), at 16 lanes per clock per SM: a
- * 128 x 128 block at D = 128 takes the tensor cores 2048 clocks (8.4 MFLOP at 4096 per clock)
- * and the MUFU units 1024 clocks per exp2 or tanh (16 K scores, 4 lanes per clock in each of
- * four sub-partitions), so with both the MUFU is as busy as the tensor cores. x = j + f with j =
- * round(x) (from the low mantissa bits of x + 1.5 * 2^23) and |f| <= 1/2; 2^f by a degree-4
- * polynomial (relative error 2.7e-6, fitted here on Chebyshev nodes; MUFU's ex2.approx: 2^-22),
- * 2^j added to the exponent field. x <= -126.5 (masked scores are -inf) gives exactly 0. The
- * additions are __fadd_rn so that nothing folds x + C - C back into x. */
-static __device__ __forceinline__ float exp2_fma(float x) {
-    const float xc = fmaxf(x, -127.0f);
-    const float t = __fadd_rn(xc, 12582912.0f), fr = __fsub_rn(xc, __fsub_rn(t, 12582912.0f));
-    float p = fmaf(0.009570101f, fr, 0.05591786f);
-    p = fmaf(p, fr, 0.24024744f);
-    p = fmaf(p, fr, 0.69312179f);
-    p = fmaf(p, fr, 0.99999928f);
-    const float r = __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
-    return xc > -126.5f ? r : 0.0f;
-}
-
 /* one mask (uint8) or bias element as fp32 */
 static __device__ __forceinline__ float src_val(uint8_t x) { return (float)x; }
 static __device__ __forceinline__ float src_val(float x) { return x; }
@@ -370,10 +350,7 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                               (f.mask.q_local ? 0 : qorg) * f.mask.sq + (f.mask.k_local ? 0 : korg) * f.mask.sk;
     const int64_t bias_base = (int64_t)b * f.bias.sb + (int64_t)(h / (f.bias.hdiv > 0 ? f.bias.hdiv : 1)) * f.bias.sh +
                               (f.bias.q_local ? 0 : qorg) * f.bias.sq + (f.bias.k_local ? 0 : korg) * f.bias.sk;
-    /* softcap alone: the scores stay tanh(x * scale / cap) and cap * log2(e) is exp2's factor
-     * (one FMUL per score less; the plain variant: the GENERAL one spilled more with it) */
-    const bool cap_only = !GENERAL && f.r.softcap > 0.0f && !f.r.alibi;
-    const float sc = cap_only ? f.r.softcap * LOG2E_F : score_mods || scale2 <= 0.0f ? 1.0f : scale2; /* scale left for exp2 */
+    const float sc = score_mods || scale2 <= 0.0f ? 1.0f : scale2; /* scale left for exp2 */
     /* Key-side sources (one value per key: sq == 0 for the mask and the bias, flash-dmattn's
      * case) are staged: per key block, BN threads read key c0 + t's values into one additive
      * term (log2(e) * bias, -inf where the mask is 0 or the key is past the hint) for block
@@ -445,13 +422,6 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                         s[mt][nt][e] = f.r.softcap > 0.0f ? softcap2 * tanhf(x * cap_in) + cj : fmaf(x, scale2, cj);
                     }
             }
-        } else if (cap_only) {
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) s[mt][nt][e] = tanhf(s[mt][nt][e] * cap_in);
         } else if (score_mods) {
             /* ALiBi's distance j - i - diag as this thread's base for the block plus compile-time
              * offsets, in float (an int -> float conversion per score runs at a quarter of the FMA
@@ -574,23 +544,11 @@ fwd_mma_kernel(const struct cuda_fwd f) {
                 corr[mt][hr] = exp2f(m[mt][hr] - muse);
                 m[mt][hr] = mnew;
                 float sum = 0.0f;
-                /* tanh took one MUFU operation per score: every other 8 columns' exp2 on the FMA
-                 * pipe (wgmma's plain variant: the GENERAL one and mma.sync spilled more with it) */
-                if (WG && !GENERAL && f.r.softcap > 0.0f) {
 #pragma unroll
-                    for (int nt = 0; nt < NT; nt++) {
-                        const float a0 = fmaf(s[mt][nt][2 * hr], sc, -muse), a1 = fmaf(s[mt][nt][2 * hr + 1], sc, -muse);
-                        s[mt][nt][2 * hr] = nt & 1 ? exp2_fma(a0) : exp2f(a0);
-                        s[mt][nt][2 * hr + 1] = nt & 1 ? exp2_fma(a1) : exp2f(a1);
-                        sum += s[mt][nt][2 * hr] + s[mt][nt][2 * hr + 1];
-                    }
-                } else {
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++) {
-                        s[mt][nt][2 * hr] = exp2f(fmaf(s[mt][nt][2 * hr], sc, -muse));
-                        s[mt][nt][2 * hr + 1] = exp2f(fmaf(s[mt][nt][2 * hr + 1], sc, -muse));
-                        sum += s[mt][nt][2 * hr] + s[mt][nt][2 * hr + 1];
-                    }
+                for (int nt = 0; nt < NT; nt++) {
+                    s[mt][nt][2 * hr] = exp2f(fmaf(s[mt][nt][2 * hr], sc, -muse));
+                    s[mt][nt][2 * hr + 1] = exp2f(fmaf(s[mt][nt][2 * hr + 1], sc, -muse));
+                    sum += s[mt][nt][2 * hr] + s[mt][nt][2 * hr + 1];
                 }
                 l[mt][hr] = l[mt][hr] * corr[mt][hr] + sum;
             }
