@@ -61,9 +61,32 @@ else
 fi
 
 if [ "$TESTS" = 1 ]; then
-    out=$("$BUILD/tests/cflash_tests" -k "$FILTER" 2>&1)
-    rc=$?
-    echo "$out" | grep -E "^FAIL|failed" | head -30
+    if [ "$FILTER" = "^cuda/" ]; then
+        # the GPU cases in four processes side by side (the fp64 reference runs on the CPU: one
+        # process took ~420 s on an H100 machine, four take ~150 s)
+        groups=("-k ^cuda/auto" "-k ^cuda/mma" "-k ^cuda/lockstep"
+                "-k ^cuda/kvcache -k ^cuda/merge -k ^cuda/context -k ^cuda/select -k ^cuda/misuse -k ^cuda/no_device")
+    else
+        groups=("-k $FILTER")
+    fi
+    tdir=$(mktemp -d)
+    for i in "${!groups[@]}"; do
+        # shellcheck disable=SC2086 # each group is a list of -k options
+        ( "$BUILD/tests/cflash_tests" ${groups[$i]} > "$tdir/$i.log" 2>&1; echo $? > "$tdir/$i.rc" ) &
+    done
+    wait
+    rc=0 passed=0 failed=0 skipped=0
+    for i in "${!groups[@]}"; do
+        [ "$(cat "$tdir/$i.rc")" = 0 ] || rc=1
+        line=$(tail -1 "$tdir/$i.log")
+        passed=$((passed + $(echo "$line" | sed -n 's/^\([0-9]*\) passed.*/\1/p' | grep . || echo 0)))
+        failed=$((failed + $(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p' | grep . || echo 0)))
+        skipped=$((skipped + $(echo "$line" | sed -n 's/.* \([0-9]*\) skipped.*/\1/p' | grep . || echo 0)))
+    done
+    out="$(cat "$tdir"/*.log)
+$passed passed, $failed failed, $skipped skipped"
+    rm -rf "$tdir"
+    echo "$out" | grep -E "^FAIL" | head -30
     note "C tests ($FILTER)" "$(echo "$out" | tail -1) rc=$rc"
     [ $rc = 0 ] || status=1
 fi
