@@ -38,6 +38,19 @@ note() {
     printf '[gpu_check] %-28s %s\n' "$1" "$2"
 }
 
+# sanitize LABEL COMMAND...: COMMAND under compute-sanitizer's memcheck, then its racecheck
+sanitize() {
+    local label=$1 tool out rc
+    shift
+    for tool in memcheck racecheck; do
+        out=$(compute-sanitizer --tool "$tool" --error-exitcode 9 "$@" 2>&1)
+        rc=$?
+        echo "$out" | grep -E "ERROR|error|Invalid|Race reported|Potential .* hazard|no case" | grep -v "ERROR SUMMARY: 0" | head -10
+        note "sanitizer $tool$label" "$(echo "$out" | grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' | tail -1) rc=$rc"
+        [ $rc = 0 ] || status=1
+    done
+}
+
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 t0=$(date +%s)
 # the Python extension too when this machine has Python's headers (then pytest runs on the GPU)
@@ -105,15 +118,8 @@ if [ "$PYEXT" = ON ]; then
             # the GENERAL kernel's Python-only GPU cases: masks, biases, range plans, MagiAttention's
             # call shape, chunked prefill over caches, flash-mlm contexts (racecheck found a WAR
             # hazard on the staged key-side terms here that the C subset did not reach)
-            for tool in memcheck racecheck; do
-                out=$(PYTHONPATH=python compute-sanitizer --tool $tool --error-exitcode 9 python3 -m pytest -q \
-                      -p no:cacheprovider python/tests/test_gpu.py \
-                      -k "mask or bias or range or document or magi or chunked or mlm" 2>&1)
-                rc=$?
-                echo "$out" | grep -E "Race reported|Potential .* hazard|Invalid" | head -5
-                note "sanitizer $tool (pytest)" "$(echo "$out" | grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' | tail -1) rc=$rc"
-                [ $rc = 0 ] || status=1
-            done
+            sanitize " (pytest)" env PYTHONPATH=python python3 -m pytest -q -p no:cacheprovider \
+                python/tests/test_gpu.py -k "mask or bias or range or document or magi or chunked or mlm"
         fi
     fi
 else
@@ -123,22 +129,16 @@ fi
 # the sanitizers after the tests: the slowest step
 if [ "$TESTS" = 1 ]; then
     if [ "$QUICK" = 0 ] && command -v compute-sanitizer > /dev/null; then
-        for tool in memcheck racecheck; do
-            # a representative subset: each padded head dim, causal both ways, varlen with empty
-            # sequences, the feature cases of one dtype
-            out=$(compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/tests/cflash_tests" \
-                  -k "^cuda/auto/f16/D=64/Hq=4,Hk=2/Lq=130" -k "^cuda/auto/f16/D=256/Hq=4,Hk=2/Lq=130" \
-                  -k "^cuda/auto/bf16/D=136/" -k "^cuda/auto/bf16/D=128/Hq=4,Hk=2/B=4/Lq=[0," \
-                  -k "^cuda/auto/f16/D=128/Hq=4,Hk=2/Lq=200,Lk=300/" -k "^cuda/mma/auto/bf16/D=96/" \
-                  -k "^cuda/lockstep/auto/bf16/D=128/Hq=4,Hk=2/B=4/Lq=[0," \
-                  -k "^cuda/kvcache/bf16/D=128/Hq=32,Hk=8/B=3,Lq=4,new=3" -k "^cuda/kvcache/bf16/D=128/Hq=32,Hk=8/B=1" \
-                  -k "^cuda/kvcache/f16/D=40" -k "^cuda/kvcache/f16/D=136" -k "^cuda/kvcache/bf16/D=128/Hq=8,Hk=1" \
-                  -k "^cuda/merge/bf16/rank=4" 2>&1)
-            rc=$?
-            echo "$out" | grep -E "ERROR|error|Invalid|Race|no case" | head -10
-            note "sanitizer $tool" "$(echo "$out" | grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' | tail -1) rc=$rc"
-            [ $rc = 0 ] || status=1
-        done
+        # a representative subset: each padded head dim, causal both ways, varlen with empty
+        # sequences, the feature cases of one dtype
+        sanitize "" "$BUILD/tests/cflash_tests" \
+            -k "^cuda/auto/f16/D=64/Hq=4,Hk=2/Lq=130" -k "^cuda/auto/f16/D=256/Hq=4,Hk=2/Lq=130" \
+            -k "^cuda/auto/bf16/D=136/" -k "^cuda/auto/bf16/D=128/Hq=4,Hk=2/B=4/Lq=[0," \
+            -k "^cuda/auto/f16/D=128/Hq=4,Hk=2/Lq=200,Lk=300/" -k "^cuda/mma/auto/bf16/D=96/" \
+            -k "^cuda/lockstep/auto/bf16/D=128/Hq=4,Hk=2/B=4/Lq=[0," \
+            -k "^cuda/kvcache/bf16/D=128/Hq=32,Hk=8/B=3,Lq=4,new=3" -k "^cuda/kvcache/bf16/D=128/Hq=32,Hk=8/B=1" \
+            -k "^cuda/kvcache/f16/D=40" -k "^cuda/kvcache/f16/D=136" -k "^cuda/kvcache/bf16/D=128/Hq=8,Hk=1" \
+            -k "^cuda/merge/bf16/rank=4"
     fi
 fi
 
